@@ -1,0 +1,375 @@
+"""
+Synthetic shapes VQA: the small world the CPU runs learn in (a Sort-of-CLEVR for unified models).
+
+A scene is 1-5 objects (4 shapes x 6 colours) in distinct cells of a 3x3 grid, drawn on a dark background.
+With 12 px cells the image is 36x36, so a 6 px ViT patch sees each cell as exactly 2x2 tokens (the layout that
+let a tiny model learn spatial questions in ../shared/FEASIBILITY.md; 8 px patches cut objects into quarters).
+Everything is a pure function of a seed: scene i of split s is drawn from np.random.default_rng([s, 0, i]).
+
+Question families are the failure modes the paper names: counting, attributes (colour / shape), spatial relations,
+existence. One oracle, `answer(scene, question)`, parses any question this module writes and answers it from the
+scene, so every answer in the data comes from one readable function that the tests check by hand.
+
+OOD shifts (the NaturalBench analogue: natural conditions never seen in training) re-draw the same test scenes with
+the same questions: `noise`, `low_contrast`, `occlusion` (a bar across the image) and `background` (an unseen colour).
+NaturalBench-style groups: two minimally different scenes x two yes/no questions whose answers flip across them;
+a group counts for G-Acc only when all four answers are right.
+
+    python data.py --preview shapes.png           # a 3x3 grid of train scenes with their questions and answers
+    python data.py --preview ood.png --split test --shift occlusion
+"""
+
+import argparse
+import functools
+import os
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+COLORS = {'red': (0.9, 0.1, 0.1), 'green': (0.1, 0.75, 0.1), 'blue': (0.15, 0.25, 0.95),
+          'yellow': (0.95, 0.9, 0.1), 'purple': (0.6, 0.15, 0.85), 'cyan': (0.1, 0.85, 0.85)}
+SHAPES = ('circle', 'square', 'triangle', 'cross')
+PLURAL = {'circle': 'circles', 'square': 'squares', 'triangle': 'triangles', 'cross': 'crosses'}
+ROWS, COLS = ('top', 'middle', 'bottom'), ('left', 'center', 'right')
+BACKGROUNDS = {'black': (0.0, 0.0, 0.0), 'gray': (0.2, 0.2, 0.2)}  # seen in training
+UNSEEN_BACKGROUND = {'brown': (0.42, 0.27, 0.12)}                       # only in the `background` OOD shift
+RELATIONS = ('left of', 'right of', 'above', 'below')
+QTYPES = ('count', 'attribute', 'spatial', 'existence')
+SHIFTS = ('noise', 'low_contrast', 'occlusion', 'background')
+SPLITS = {'train': 0, 'val': 1, 'test': 2}  # the first seed word: splits draw from disjoint seed streams
+MAX_OBJECTS = 5
+
+ANSWERS = ('yes', 'no', *map(str, range(MAX_OBJECTS + 1)), *COLORS, *SHAPES)
+_QUESTION_WORDS = ('how many objects are there ? what color is the shape object ? is there a left of right of above '
+                   'below').split()
+_CAPTION_WORDS = ('a at on ,', *ROWS, *COLS, *BACKGROUNDS, *UNSEEN_BACKGROUND)
+# every word a question, answer or caption can contain: a word-level tokenizer is built from this list
+VOCAB = tuple(sorted(set(_QUESTION_WORDS) | set(' '.join(_CAPTION_WORDS).split()) | set(ANSWERS)
+                     | set(PLURAL.values())))
+
+
+# -----------------------------------------------------------------------------
+# scenes
+
+@dataclass(frozen=True)
+class Obj:
+    color: str
+    shape: str
+    row: int
+    col: int
+    size: int = 8                        # side of the object's box in pixels (at cell = 12)
+    dx: int = 2                          # box offset inside its cell
+    dy: int = 2
+    tint: tuple = (0.0, 0.0, 0.0)        # small per-object colour jitter so colours are not single points
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple
+    background: str = 'black'
+
+
+def sample_scene(rng: np.random.Generator, min_objects: int = 1, cell: int = 12) -> Scene:
+    """1-5 objects with distinct cells and distinct (colour, shape) pairs, so every object can be named."""
+    n = int(rng.integers(min_objects, MAX_OBJECTS + 1))
+    cells = rng.choice(9, size=n, replace=False)
+    kinds = rng.choice(len(COLORS) * len(SHAPES), size=n, replace=False)
+    smin, smax = max(3, round(0.55 * cell)), cell - 2
+    objects = []
+    for c, k in zip(cells, kinds):
+        size = int(rng.integers(smin, smax + 1))
+        dx, dy = (int(v) for v in rng.integers(1, cell - size, size=2))   # at least 1 px from the cell's edge
+        tint = tuple(float(t) for t in rng.uniform(-0.06, 0.06, size=3))
+        objects.append(Obj(list(COLORS)[k // len(SHAPES)], SHAPES[k % len(SHAPES)], int(c) // 3, int(c) % 3,
+                           size, dx, dy, tint))
+    return Scene(tuple(objects), str(rng.choice(list(BACKGROUNDS))))
+
+
+@functools.lru_cache(maxsize=None)
+def _mask(shape: str, s: int) -> np.ndarray:
+    """A filled shape in an s x s box, as a boolean mask."""
+    y, x = np.mgrid[0:s, 0:s] + 0.5
+    c = s / 2
+    if shape == 'circle':
+        return (x - c) ** 2 + (y - c) ** 2 <= c ** 2
+    if shape == 'square':
+        return np.ones((s, s), bool)
+    if shape == 'triangle':  # pointing up: the half-width grows linearly from the apex row to the base
+        return np.abs(x - c) <= y / 2
+    if shape == 'cross':
+        arm = max(1.0, s / 6)
+        return (np.abs(x - c) <= arm) | (np.abs(y - c) <= arm)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def render(scene: Scene, cell: int = 12, background: tuple | None = None) -> np.ndarray:
+    """The scene as a float32 image (3, 3·cell, 3·cell) in [0, 1]. `background` overrides the scene's colour."""
+    side = 3 * cell
+    rgb = background if background is not None else BACKGROUNDS[scene.background]
+    img = np.empty((side, side, 3), np.float32)
+    img[:] = rgb
+    for o in scene.objects:
+        y, x = o.row * cell + o.dy, o.col * cell + o.dx
+        box = img[y:y + o.size, x:x + o.size]
+        box[_mask(o.shape, o.size)] = np.clip(np.add(COLORS[o.color], o.tint), 0, 1)
+    return img.transpose(2, 0, 1)
+
+
+# -----------------------------------------------------------------------------
+# questions: writers, and the one oracle that answers them
+
+def _find(scene: Scene, color: str, shape: str) -> Obj | None:
+    return next((o for o in scene.objects if o.color == color and o.shape == shape), None)
+
+
+def answer(scene: Scene, question: str) -> str:
+    """Answer any question of the four families from the scene. Raises ValueError on one it cannot answer."""
+    try:
+        return _answer(scene, question.split())
+    except (StopIteration, ValueError, KeyError, AttributeError, IndexError) as e:  # unknown word, absent object
+        raise ValueError(f"cannot answer question {question!r} about this scene") from e
+
+
+def _answer(scene: Scene, w: list[str]) -> str:
+    if w[:2] == ['how', 'many']:  # how many objects | how many <color> objects | how many <shapes> are there ?
+        target = w[2]
+        if target == 'objects':
+            return str(len(scene.objects))
+        if target in COLORS:
+            return str(sum(o.color == target for o in scene.objects))
+        shape = next(s for s, p in PLURAL.items() if p == target)
+        return str(sum(o.shape == shape for o in scene.objects))
+    if w[:4] == ['what', 'color', 'is', 'the']:  # what color is the <shape> ?
+        (o,) = [o for o in scene.objects if o.shape == w[4]]
+        return o.color
+    if w[:4] == ['what', 'shape', 'is', 'the']:  # what shape is the <color> object ?
+        (o,) = [o for o in scene.objects if o.color == w[4]]
+        return o.shape
+    if w[:3] == ['is', 'there', 'a']:  # is there a <color> <shape> ?
+        return 'yes' if _find(scene, w[3], w[4]) else 'no'
+    if w[:2] == ['is', 'the']:  # is the <color> <shape> <relation> the <color> <shape> ?
+        a, b = _find(scene, w[2], w[3]), _find(scene, w[-3], w[-2])
+        rel = ' '.join(w[4:-4])
+        holds = {'left of': a.col < b.col, 'right of': a.col > b.col, 'above': a.row < b.row, 'below': a.row > b.row}
+        return 'yes' if holds[rel] else 'no'
+    raise ValueError('not a question of the four families')
+
+
+def write_question(scene: Scene, qtype: str, rng: np.random.Generator) -> str | None:
+    """A question of family `qtype` about the scene, or None if the scene cannot carry one (caller redraws)."""
+    objs = scene.objects
+    if qtype == 'count':
+        kind = rng.choice(3, p=[0.5, 0.25, 0.25])  # counting a colour or a shape mostly gives 1; keep that rarer
+        if kind == 0:
+            return 'how many objects are there ?'
+        present = rng.random() < 0.8  # mostly ask about what is there, so the answers are not mostly 0
+        if kind == 1:
+            color = objs[rng.integers(len(objs))].color if present else rng.choice(list(COLORS))
+            return f'how many {color} objects are there ?'
+        shape = objs[rng.integers(len(objs))].shape if present else rng.choice(SHAPES)
+        return f'how many {PLURAL[shape]} are there ?'
+    if qtype == 'attribute':
+        by_shape = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
+        by_color = [o for o in objs if sum(p.color == o.color for p in objs) == 1]
+        options = [f'what color is the {o.shape} ?' for o in by_shape] + \
+                  [f'what shape is the {o.color} object ?' for o in by_color]
+        return options[rng.integers(len(options))] if options else None
+    if qtype == 'existence':
+        if rng.random() < 0.5:  # balanced yes / no
+            o = objs[rng.integers(len(objs))]
+            return f'is there a {o.color} {o.shape} ?'
+        absent = [(c, s) for c in COLORS for s in SHAPES if _find(scene, c, s) is None]
+        c, s = absent[rng.integers(len(absent))]
+        return f'is there a {c} {s} ?'
+    if qtype == 'spatial':
+        if len(objs) < 2:
+            return None
+        i, j = rng.choice(len(objs), size=2, replace=False)
+        a, b = objs[i], objs[j]
+        want = 'yes' if rng.random() < 0.5 else 'no'  # balanced yes / no
+        options = [r for r in RELATIONS if answer(scene, _spatial(a, r, b)) == want]
+        return _spatial(a, options[rng.integers(len(options))], b)
+    raise ValueError(f"unknown question type {qtype!r}; expected one of {QTYPES}")
+
+
+def _spatial(a: Obj, rel: str, b: Obj) -> str:
+    return f'is the {a.color} {a.shape} {rel} the {b.color} {b.shape} ?'
+
+
+def caption(scene: Scene) -> str:
+    """Enough words to re-draw the scene: each object's colour, shape and cell (row-major), and the background."""
+    objs = sorted(scene.objects, key=lambda o: (o.row, o.col))
+    parts = [f'a {o.color} {o.shape} at {ROWS[o.row]} {COLS[o.col]}' for o in objs]
+    return ' , '.join(parts) + f' on {scene.background}'
+
+
+# -----------------------------------------------------------------------------
+# OOD shifts: same scenes, same questions, natural conditions the model never saw
+
+def apply_shift(image: np.ndarray, scene: Scene, shift: str, rng: np.random.Generator, cell: int = 12) -> np.ndarray:
+    """Shift a clean (3, H, W) float image of `scene`. Randomness comes from `rng`, a stream of its own."""
+    if shift == 'noise':
+        return np.clip(image + rng.normal(0, 0.1, image.shape).astype(np.float32), 0, 1)
+    if shift == 'low_contrast':
+        return 0.5 + 0.35 * (image - 0.5)
+    if shift == 'occlusion':  # a mid-gray bar a quarter of a cell thick: covers part of an object, never all of it
+        out, t = image.copy(), max(1, cell // 4)
+        pos = int(rng.integers(0, image.shape[1] - t + 1))
+        if rng.random() < 0.5:
+            out[:, pos:pos + t, :] = 0.5
+        else:
+            out[:, :, pos:pos + t] = 0.5
+        return out
+    if shift == 'background':
+        return render(scene, cell, background=next(iter(UNSEEN_BACKGROUND.values())))
+    raise ValueError(f"unknown shift {shift!r}; expected one of {SHIFTS}")
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(image * 255).astype(np.uint8)
+
+
+def _check_split(split: str):
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLITS)}")
+
+
+# -----------------------------------------------------------------------------
+# datasets
+
+class ShapesVQA(Dataset):
+    """Sample i of a split: one scene, one question of a uniformly drawn family, its answer, and the caption.
+
+    Built eagerly (about 7k samples per second on one core) and held as uint8: 50k samples take about 200 MB.
+    """
+
+    def __init__(self, split: str = 'train', size: int = 1000, shift: str | None = None, cell: int = 12):
+        _check_split(split)
+        if shift is not None and shift not in SHIFTS:
+            raise ValueError(f"unknown shift {shift!r}; expected one of {SHIFTS} or None")
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.split, self.shift, self.cell = split, shift, cell
+        images, self.scenes, self.questions, self.answers, self.qtypes = [], [], [], [], []
+        for i in range(size):
+            rng = np.random.default_rng([SPLITS[split], 0, i])
+            qtype = QTYPES[rng.integers(len(QTYPES))]
+            while True:  # redraw the scene until it can carry a question of this family (e.g. spatial needs two)
+                scene = sample_scene(rng, cell=cell)
+                question = write_question(scene, qtype, rng)
+                if question is not None:
+                    break
+            image = render(scene, cell)
+            if shift is not None:  # a separate stream, so clean and shifted sets share scenes and questions
+                image = apply_shift(image, scene, shift, np.random.default_rng([SPLITS[split], 1, i]), cell)
+            images.append(_to_uint8(image))
+            self.scenes.append(scene)
+            self.questions.append(question)
+            self.answers.append(answer(scene, question))
+            self.qtypes.append(qtype)
+        self.images = torch.from_numpy(np.stack(images))  # (size, 3, H, W) uint8
+        self.captions = [caption(s) for s in self.scenes]
+
+    def __len__(self):
+        return len(self.questions)
+
+    def __getitem__(self, i):
+        return {'image': self.images[i].float() / 255, 'question': self.questions[i], 'answer': self.answers[i],
+                'qtype': self.qtypes[i], 'caption': self.captions[i]}
+
+
+def collate(batch: list[dict]) -> dict:
+    """List of samples -> {'images': (B, 3, H, W) float in [0, 1], 'questions': [...], 'answers': [...], ...}."""
+    out = {'images': torch.stack([b['image'] for b in batch])}
+    for key in ('question', 'answer', 'qtype', 'caption'):
+        out[key + 's'] = [b[key] for b in batch]
+    return out
+
+
+def _edit(scene: Scene, rng: np.random.Generator) -> tuple[Scene, list[str]] | None:
+    """A minimal edit of the scene and two yes/no questions whose answers it flips, or None if there is none."""
+    objs, kind = scene.objects, ('recolor', 'reshape', 'swap')[rng.integers(3)]
+    k = int(rng.integers(len(objs)))
+    o = objs[k]
+    if kind in ('recolor', 'reshape'):
+        if kind == 'recolor':
+            new = [replace(o, color=c) for c in COLORS if _find(scene, c, o.shape) is None]
+        else:
+            new = [replace(o, shape=s) for s in SHAPES if _find(scene, o.color, s) is None]
+        if not new:
+            return None
+        n = new[rng.integers(len(new))]
+        edited = Scene(objs[:k] + (n,) + objs[k + 1:], scene.background)
+        return edited, [f'is there a {o.color} {o.shape} ?', f'is there a {n.color} {n.shape} ?']
+    # swap the cells of two objects that differ in column (ask left of) or else in row (ask above)
+    j = int(rng.integers(len(objs)))
+    p = objs[j]
+    if j == k:
+        return None
+    rel = 'left of' if o.col != p.col else 'above'
+    a, b = replace(o, row=p.row, col=p.col), replace(p, row=o.row, col=o.col)
+    swapped = list(objs)
+    swapped[k], swapped[j] = a, b
+    return Scene(tuple(swapped), scene.background), [_spatial(o, rel, p), _spatial(p, rel, o)]
+
+
+class NaturalGroups(Dataset):
+    """NaturalBench-style groups: images (2, 3, H, W) of two minimally different scenes, two yes/no questions,
+    and answers[i][j] = the answer to question j on image i; the edit flips every answer across the two images."""
+
+    def __init__(self, split: str = 'test', size: int = 500, cell: int = 12):
+        _check_split(split)
+        self.groups = []
+        for g in range(size):
+            rng = np.random.default_rng([SPLITS[split], 2, g])
+            while True:
+                scene = sample_scene(rng, min_objects=2, cell=cell)
+                edit = _edit(scene, rng)
+                if edit is not None:
+                    break
+            other, questions = edit
+            scenes = (scene, other)
+            images = torch.from_numpy(np.stack([_to_uint8(render(s, cell)) for s in scenes]))
+            answers = [[answer(s, q) for q in questions] for s in scenes]
+            self.groups.append({'images': images, 'questions': questions, 'answers': answers, 'scenes': scenes})
+
+    def __len__(self):
+        return len(self.groups)
+
+    def __getitem__(self, i):
+        g = self.groups[i]
+        return {**g, 'images': g['images'].float() / 255}
+
+
+# -----------------------------------------------------------------------------
+# a look at the data: python data.py --preview shapes.png
+
+def preview(path: str, split: str = 'train', shift: str | None = None, scale: int = 5):
+    """Write a 3x3 grid of scenes, each with its question (and type) and answer under it, to a PNG."""
+    from PIL import Image, ImageDraw
+    ds = ShapesVQA(split, 9, shift=shift)
+    side, text_h = ds.images.shape[-1] * scale, 40
+    tile_w = max(side, 300)
+    sheet = Image.new('RGB', (3 * tile_w, 3 * (side + text_h)), 'white')
+    draw = ImageDraw.Draw(sheet)
+    for i in range(9):
+        x, y = (i % 3) * tile_w, (i // 3) * (side + text_h)
+        img = Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
+        sheet.paste(img, (x + (tile_w - side) // 2, y))
+        draw.text((x + 4, y + side + 2), f'[{ds.qtypes[i]}] {ds.questions[i]}', fill='black')
+        draw.text((x + 4, y + side + 20), f'answer: {ds.answers[i]}', fill='darkgreen')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sheet.save(path)
+    print(f"wrote {path} ({split}{'' if shift is None else ', shift ' + shift})")
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--preview', metavar='PNG', required=True, help='where to write the 3x3 grid of samples')
+    parser.add_argument('--split', default='train', choices=list(SPLITS), help='which split to draw from')
+    parser.add_argument('--shift', default=None, choices=SHIFTS, help='an OOD shift to apply (default: none)')
+    args = parser.parse_args()
+    preview(args.preview, args.split, args.shift)

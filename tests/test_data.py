@@ -1,0 +1,145 @@
+"""Synthetic shapes data: determinism, disjoint splits, hand-checked answers, OOD shifts that keep the questions,
+and NaturalBench-style groups whose answers really flip.  Run: python -m pytest -q tests/test_data.py"""
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from data import Obj, Scene, answer
+
+
+def _scene():
+    # . R .      R = red circle (0,1)
+    # B . .      B = blue square (1,0), G = green triangle (1,2) is not there: Y = yellow triangle (2,2)
+    # . . Y      plus a red square at (2,0)
+    return Scene((Obj('red', 'circle', 0, 1), Obj('blue', 'square', 1, 0), Obj('yellow', 'triangle', 2, 2),
+                  Obj('red', 'square', 2, 0)))
+
+
+@pytest.mark.parametrize('question, expected', [
+    ('how many objects are there ?', '4'),
+    ('how many red objects are there ?', '2'),
+    ('how many green objects are there ?', '0'),
+    ('how many squares are there ?', '2'),
+    ('how many crosses are there ?', '0'),
+    ('what color is the circle ?', 'red'),
+    ('what color is the triangle ?', 'yellow'),
+    ('what shape is the blue object ?', 'square'),
+    ('is there a yellow triangle ?', 'yes'),
+    ('is there a yellow circle ?', 'no'),
+    ('is the blue square left of the yellow triangle ?', 'yes'),
+    ('is the yellow triangle left of the blue square ?', 'no'),
+    ('is the red circle left of the blue square ?', 'no'),
+    ('is the red circle right of the blue square ?', 'yes'),
+    ('is the red circle above the red square ?', 'yes'),
+    ('is the red square below the red circle ?', 'yes'),
+    ('is the blue square above the red square ?', 'yes'),
+    ('is the red square left of the blue square ?', 'no'),   # same column: neither left nor right
+    ('is the red square right of the blue square ?', 'no'),
+    ('is the yellow triangle above the red square ?', 'no'),  # same row
+])
+def test_oracle_on_a_hand_built_scene(question, expected):
+    assert answer(_scene(), question) == expected
+
+
+def test_render_puts_objects_in_their_cells():
+    img = data.render(_scene())  # (3, 36, 36)
+    assert img.shape == (3, 36, 36) and img.min() >= 0 and img.max() <= 1
+    lit = img.sum(0) > 0.3  # background is black
+    cells = {(r, c) for r in range(3) for c in range(3) if lit[12 * r:12 * r + 12, 12 * c:12 * c + 12].any()}
+    assert cells == {(0, 1), (1, 0), (2, 2), (2, 0)}
+    # the red circle's pixels are red
+    red = img[:, 0:12, 12:24][:, lit[0:12, 12:24]]
+    assert (red[0] > 0.7).all() and (red[1] < 0.3).all() and (red[2] < 0.3).all()
+
+
+def test_same_seed_same_data_and_dataset_fields():
+    a, b = data.ShapesVQA('train', 64), data.ShapesVQA('train', 64)
+    assert torch.equal(a.images, b.images) and a.questions == b.questions and a.answers == b.answers
+    s = a[3]
+    assert s['image'].dtype == torch.float32 and s['image'].shape == (3, 36, 36)
+    assert 0 <= s['image'].min() and s['image'].max() <= 1
+    assert s['qtype'] in data.QTYPES and s['answer'] in data.ANSWERS
+    batch = data.collate([a[i] for i in range(8)])
+    assert batch['images'].shape == (8, 3, 36, 36) and len(batch['questions']) == 8 and len(batch['qtypes']) == 8
+
+
+def test_answers_are_what_the_oracle_says_and_families_are_balanced():
+    ds = data.ShapesVQA('val', 800)
+    for scene, q, a in zip(ds.scenes, ds.questions, ds.answers):
+        assert answer(scene, q) == a
+        assert set(q.split()) <= set(data.VOCAB)
+    for qtype in data.QTYPES:
+        share = ds.qtypes.count(qtype) / len(ds)
+        assert 0.15 < share < 0.35, (qtype, share)
+    for qtype in ('existence', 'spatial'):  # yes / no are balanced, so chance is 50%
+        yes = [a for a, t in zip(ds.answers, ds.qtypes) if t == qtype].count('yes')
+        n = ds.qtypes.count(qtype)
+        assert 0.38 < yes / n < 0.62, (qtype, yes / n)
+
+
+def test_captions_determine_the_scene():
+    ds = data.ShapesVQA('train', 200)
+    for scene, cap in zip(ds.scenes, ds.captions):
+        assert set(cap.split()) <= set(data.VOCAB)
+        parsed = set()
+        for part in cap.rsplit(' on ', 1)[0].split(' , '):
+            _, color, shape, _, row, col = part.split()
+            parsed.add((color, shape, data.ROWS.index(row), data.COLS.index(col)))
+        assert parsed == {(o.color, o.shape, o.row, o.col) for o in scene.objects}
+        assert cap.endswith(' on ' + scene.background)
+
+
+def test_splits_are_disjoint():
+    train, val, test = (data.ShapesVQA(s, 300) for s in ('train', 'val', 'test'))
+    flat = lambda ds: {bytes(img.numpy().tobytes()) for img in ds.images}
+    assert not flat(train) & flat(val) and not flat(train) & flat(test) and not flat(val) & flat(test)
+
+
+@pytest.mark.parametrize('shift', data.SHIFTS)
+def test_ood_shifts_change_images_not_questions(shift):
+    clean, shifted = data.ShapesVQA('test', 50), data.ShapesVQA('test', 50, shift=shift)
+    assert clean.questions == shifted.questions and clean.answers == shifted.answers
+    diff = (clean.images.float() - shifted.images.float()).abs().flatten(1).amax(1)
+    assert (diff > 20).all()  # every image visibly changed (> 20 / 255 somewhere)
+    assert shifted.images.float().mean() > 0  # and is still an image
+    again = data.ShapesVQA('test', 50, shift=shift)
+    assert torch.equal(again.images, shifted.images)  # shifts are seeded too
+
+
+def test_natural_groups_flip_every_answer():
+    groups = data.NaturalGroups('test', 120)
+    for g in groups:
+        (a11, a12), (a21, a22) = g['answers']
+        assert {a11, a21} == {'yes', 'no'} and {a12, a22} == {'yes', 'no'}
+        assert g['images'].shape == (2, 3, 36, 36)
+        assert not torch.equal(g['images'][0], g['images'][1])
+        s1, s2 = g['scenes']
+        changed = set(s1.objects) ^ set(s2.objects)
+        assert 0 < len(changed) <= 4  # a minimal edit: one object recoloured/reshaped, or two swapped
+        for i, s in enumerate(g['scenes']):  # answers recomputed from the scene, not trusted
+            assert [answer(s, q) for q in g['questions']] == g['answers'][i]
+
+
+def test_vocab_covers_answers_and_is_unique():
+    assert len(set(data.VOCAB)) == len(data.VOCAB)
+    assert set(data.ANSWERS) <= set(data.VOCAB)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match='split'):
+        data.ShapesVQA('training', 4)
+    with pytest.raises(ValueError, match='shift'):
+        data.ShapesVQA('test', 4, shift='fog')
+    with pytest.raises(ValueError, match='size'):
+        data.ShapesVQA('test', 0)
+    with pytest.raises(ValueError, match='question'):
+        answer(_scene(), 'why is the sky blue ?')
+
+
+def test_generation_is_fast_enough():
+    import time
+    t = time.perf_counter()
+    data.ShapesVQA('train', 2000)
+    assert time.perf_counter() - t < 5.0  # about 0.3 s here; tens of thousands take seconds
