@@ -1,0 +1,272 @@
+"""
+Hard-sample buffer B — where the understanding branch keeps the decoded images it found hardest (Sec. 3.3, Eq. 4).
+
+Every mining step decodes perturbed candidates x~ = G(z + C(z)), scores them, and pushes the hard, plausible ones:
+
+    H(x~) = CE(U(Enc(x~), q), a) + lam · max(0, tau - s(x~))     # hardness: answer loss plus a similarity hinge
+    B     = { x~ : H(x~) >= quantile_0.6(H over the mining batch),  s(x~) >= min_sim }           # Eq. 4
+
+s is the judge's score: CLIP text-image cosine (`--filter clip`), or image-image cosine of candidate vs original
+(`--filter cosine`), or absent (`--filter none`). Defaults from Appendix F.2: the threshold is the 60th percentile of H
+within each mining batch, the minimum CLIP similarity is 0.6, and B holds at most 50 decoded images ranked by H.
+The understand step then replays samples of B next to clean data (Eq. 6, beta = 0.5).
+
+The Judge wraps open_clip's own CLIP class: a real checkpoint from a local file, or a tiny word-level CLIP that
+`train.py` trains from scratch on the synthetic captions, so the whole game runs on a CPU without downloads.
+"""
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def hardness(ce: torch.Tensor, sim: torch.Tensor | None, tau: float, lam: float) -> torch.Tensor:
+    """H = ce + lam · max(0, tau - sim) per candidate, float32 (B,). sim=None means no filter: H = ce."""
+    if ce.dim() != 1:
+        raise ValueError(f"ce must be 1-D (B,), got shape {tuple(ce.shape)}")
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0 (a negative weight would reward off-manifold images), got {lam}")
+    if sim is None:
+        return ce.float()
+    if sim.shape != ce.shape:
+        raise ValueError(f"sim must have the same shape as ce {tuple(ce.shape)}, got {tuple(sim.shape)}")
+    return ce.float() + lam * (tau - sim.float()).clamp(min=0)  # (B,)
+
+
+def select_hard(h: torch.Tensor, sim: torch.Tensor | None, min_sim: float, quantile: float) -> torch.Tensor:
+    """Bool mask (B,): H at or above the batch's `quantile`-quantile of H, and sim >= min_sim (Eq. 4, F.2 filter)."""
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile (--hard-quantile) must be in (0, 1), got {quantile}")
+    if h.dim() != 1 or h.numel() == 0:
+        raise ValueError(f"h must be a non-empty 1-D tensor (B,), got shape {tuple(h.shape)}")
+    # The threshold is taken over ALL H of the mining batch, before the similarity filter: "the 60th percentile of H
+    # within each mining batch". So the filter can only shrink the hard set, and a batch of implausible candidates
+    # yields nothing rather than its least-bad members. float64 so ties at the threshold compare exactly (as numpy).
+    threshold = torch.quantile(h.double(), quantile)  # linear interpolation, numpy's default
+    keep = h.double() >= threshold  # (B,)
+    if sim is not None:
+        if sim.shape != h.shape:
+            raise ValueError(f"sim must have the same shape as h {tuple(h.shape)}, got {tuple(sim.shape)}")
+        keep &= sim >= min_sim  # a real filter: low similarity is dropped, never forced in
+    return keep
+
+
+def _check_images(images: torch.Tensor, name: str = "images", tol: float = 1e-3) -> None:
+    if not (torch.is_tensor(images) and images.is_floating_point() and images.dim() == 4 and images.shape[1] == 3):
+        raise ValueError(f"{name} must be a float tensor (B, 3, h, w), got {getattr(images, 'shape', type(images))}")
+    if images.numel() and (images.min() < -tol or images.max() > 1 + tol):
+        raise ValueError(f"{name} must be in [0, 1], got range [{images.min():.3f}, {images.max():.3f}]")
+
+
+@dataclass
+class _Entry:
+    image: torch.Tensor  # uint8 (3, h, w) on CPU: 4x smaller than float32, and 50 of them stay cheap on the host
+    question: str
+    answer: str
+    hardness: float
+    step: int  # training step at which it was mined
+    qtype: str | None = None
+
+
+class HardBuffer:
+    """At most `capacity` entries, the highest H kept. Replay does not remove entries; harder ones push them out."""
+
+    def __init__(self, capacity: int = 50):
+        if capacity < 1:  # "no buffer" is the caller not building one (--buffer-size 0), not an empty store
+            raise ValueError(f"capacity (--buffer-size) must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.entries: list[_Entry] = []  # always sorted by hardness, highest first
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def mean_hardness(self) -> float:
+        """Mean H of the stored entries; nan when empty, so an empty buffer is never logged as 'easy'."""
+        return sum(e.hardness for e in self.entries) / len(self) if self.entries else math.nan
+
+    def min_hardness(self) -> float:
+        """The H a candidate must beat once the buffer is full; nan when empty."""
+        return self.entries[-1].hardness if self.entries else math.nan
+
+    def push(self, images, questions, answers, hardness, step: int, qtypes=None) -> int:
+        """Insert candidates (images float (B, 3, h, w) in [0, 1]); returns how many survived the ranking."""
+        _check_images(images)
+        hs = [float(h) for h in (hardness.detach().flatten().tolist() if torch.is_tensor(hardness) else hardness)]
+        qtypes = [None] * len(images) if qtypes is None else list(qtypes)
+        for name, seq in (("questions", questions), ("answers", answers), ("hardness", hs), ("qtypes", qtypes)):
+            if len(seq) != len(images):
+                raise ValueError(f"{name} has {len(seq)} items but images has {len(images)}")
+        if not all(math.isfinite(h) for h in hs):
+            raise ValueError(f"hardness must be finite, got {hs}")
+        if self.entries and images.shape[1:] != self.entries[0].image.shape:
+            raise ValueError(f"images are {tuple(images.shape[1:])} but the buffer holds "
+                             f"{tuple(self.entries[0].image.shape)}; sample() must be able to stack them")
+        pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # (B, 3, h, w)
+        new = [_Entry(pixels[i].clone(), str(questions[i]), str(answers[i]), hs[i], int(step), qtypes[i])
+               for i in range(len(images))]
+        # Stable sort, old entries first: on a tie in H the incumbent stays; a full buffer only takes strictly harder.
+        ranked = sorted(self.entries + new, key=lambda e: -e.hardness)[:self.capacity]
+        kept = {id(e) for e in ranked}
+        self.entries = ranked
+        return sum(id(e) in kept for e in new)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> dict:
+        """n entries without replacement (n clipped to len): uniform, or with p ∝ exp(H / temperature)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"temperature must be > 0 or None (uniform), got {temperature}")
+        n = min(n, len(self))
+        if temperature is None:
+            idx = torch.randperm(len(self), generator=generator)[:n].tolist()
+        elif n == 0:
+            idx = []
+        else:
+            h = torch.tensor([e.hardness for e in self.entries], dtype=torch.float64)  # (N,)
+            # log-weights floored at -80 (relative e^-80): a tiny temperature cannot zero out entries, so
+            # multinomial without replacement can always draw n <= len distinct ones.
+            w = ((h - h.max()) / temperature).clamp(min=-80).exp()  # (N,)
+            idx = torch.multinomial(w, n, replacement=False, generator=generator).tolist()
+        picked = [self.entries[i] for i in idx]
+        images = (torch.stack([e.image for e in picked]).float() / 255 if picked
+                  else torch.zeros(0, 3, 0, 0))  # (n, 3, h, w); h, w unknown while empty
+        return dict(images=images, questions=[e.question for e in picked], answers=[e.answer for e in picked],
+                    hardness=torch.tensor([e.hardness for e in picked], dtype=torch.float32),
+                    steps=torch.tensor([e.step for e in picked], dtype=torch.long), qtypes=[e.qtype for e in picked])
+
+    def state_dict(self) -> dict:
+        """Plain tensors, lists, str, int, float, None: loads with torch.load(weights_only=True)."""
+        return dict(capacity=self.capacity, images=[e.image.clone() for e in self.entries],
+                    questions=[e.question for e in self.entries], answers=[e.answer for e in self.entries],
+                    hardness=[e.hardness for e in self.entries], steps=[e.step for e in self.entries],
+                    qtypes=[e.qtype for e in self.entries])
+
+    def load_state_dict(self, sd: dict) -> None:
+        if sd["capacity"] != self.capacity:
+            raise ValueError(f"capacity mismatch: checkpoint buffer has {sd['capacity']}, this one {self.capacity}")
+        fields = ("images", "questions", "answers", "hardness", "steps", "qtypes")
+        if len({len(sd[k]) for k in fields}) != 1 or len(sd["images"]) > self.capacity:
+            raise ValueError(f"corrupt buffer state: lengths {[len(sd[k]) for k in fields]}, capacity {self.capacity}")
+        self.entries = [_Entry(*row) for row in zip(*(sd[k] for k in fields))]  # stored order = ranked order
+
+
+class WordTokenizer:
+    """Lowercased words -> ids. 0 = pad, 1 = <unk>, words from 2, EOT = the largest id (open_clip's 'argmax' pool)."""
+
+    def __init__(self, vocab: list[str], context_length: int):
+        self.vocab = list(dict.fromkeys(w.lower() for w in vocab))  # dedupe, keep order: ids are stable on reload
+        self.ids = {w: i + 2 for i, w in enumerate(self.vocab)}
+        self.eot, self.context_length = len(self.vocab) + 2, context_length
+        self.vocab_size = self.eot + 1
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)  # (B, L), 0 = pad
+        for i, t in enumerate(texts):
+            # words only: "shape?" and "shape" are the same token; long texts keep their first L-1 words
+            ids = [self.ids.get(w, 1) for w in re.findall(r"[\w']+", t.lower())][:self.context_length - 1]
+            out[i, :len(ids) + 1] = torch.tensor(ids + [self.eot])
+        return out
+
+
+class Judge(nn.Module):
+    """The semantic filter's scorer: an open_clip CLIP with its tokenizer and image preprocessing."""
+
+    def __init__(self, model: open_clip.model.CLIP, tokenizer, config: dict | None = None):
+        super().__init__()
+        self.model, self.tokenizer, self.config = model, tokenizer, config  # config: the tiny judge's, for save()
+        pp = getattr(model.visual, "preprocess_cfg", {})
+        size = pp.get("size", model.visual.image_size)
+        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+        self.register_buffer("mean", torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1),
+                             persistent=False)
+
+    @classmethod
+    def tiny(cls, vocab: list[str], image_size: int = 36, patch_size: int = 6, width: int = 64, layers: int = 2,
+             embed_dim: int = 64, context_length: int = 48) -> "Judge":
+        """A ~250K-parameter CLIP with a word-level text side, trained from scratch by train.py (contrastive_loss)."""
+        config = dict(vocab=list(vocab), image_size=image_size, patch_size=patch_size, width=width, layers=layers,
+                      embed_dim=embed_dim, context_length=context_length)
+        tok = WordTokenizer(vocab, context_length)
+        model = open_clip.model.CLIP(
+            embed_dim,
+            open_clip.model.CLIPVisionCfg(layers=layers, width=width, head_width=32, patch_size=patch_size,
+                                          image_size=image_size),
+            open_clip.model.CLIPTextCfg(context_length=context_length, vocab_size=tok.vocab_size, width=width,
+                                        heads=max(1, width // 32), layers=layers),  # pool 'argmax' finds our EOT
+        )
+        return cls(model, tok, config)
+
+    @classmethod
+    def from_pretrained(cls, model_name: str, pretrained: str) -> "Judge":
+        """A real CLIP (e.g. 'ViT-B-32') from a LOCAL checkpoint file; never reaches for the network."""
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"judge checkpoint not found: {pretrained!r}. Download the open_clip weights for "
+                                    f"{model_name} on a machine with network and pass the local file path.")
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        return cls(model.eval(), open_clip.get_tokenizer(model_name))
+
+    def save(self, path: str) -> None:
+        """One file, written atomically; plain types only, so Judge.load works with weights_only=True."""
+        if self.config is None:
+            raise ValueError("only a tiny judge can be saved; a pretrained one is rebuilt from its checkpoint file")
+        tmp = f"{path}.tmp"
+        torch.save(dict(config=self.config, state_dict=self.model.state_dict()), tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str, map_location="cpu") -> "Judge":
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+        judge = cls.tiny(**payload["config"])
+        judge.model.load_state_dict(payload["state_dict"])
+        return judge
+
+    def _embed(self, images: torch.Tensor | None, texts: list[str] | None) -> tuple:
+        """Unit-norm float32 embeddings; resize shortest side, centre crop, normalise: open_clip's eval transform."""
+        img = txt = None
+        with torch.autocast(self.mean.device.type, enabled=False):  # small cosine gaps must not drown in bf16
+            if images is not None:
+                _check_images(images)
+                x = images.float()  # (B, 3, h, w)
+                S, (h, w) = self.image_size, x.shape[-2:]
+                if (h, w) != S:
+                    scale = max(S[0] / h, S[1] / w)
+                    x = F.interpolate(x, size=(max(S[0], round(h * scale)), max(S[1], round(w * scale))),
+                                      mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+                    top, left = (x.shape[-2] - S[0]) // 2, (x.shape[-1] - S[1]) // 2
+                    x = x[..., top:top + S[0], left:left + S[1]]  # (B, 3, S, S)
+                img = self.model.encode_image((x - self.mean) / self.std, normalize=True).float()  # (B, D)
+            if texts is not None:
+                tokens = self.tokenizer(list(texts)).to(self.mean.device)  # (B, L)
+                txt = self.model.encode_text(tokens, normalize=True).float()  # (B, D)
+        return img, txt
+
+    def image_text_similarity(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """cos(image_i, text_i) for each pair, (B,) in [-1, 1]: the `clip` filter."""
+        if len(texts) != len(images):
+            raise ValueError(f"texts has {len(texts)} items but images has {len(images)}")
+        img, txt = self._embed(images, texts)
+        return (img * txt).sum(-1)  # (B,)
+
+    def image_image_similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """cos(a_i, b_i) of image embeddings, (B,): the `cosine` filter (candidate vs original)."""
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        return (self._embed(a, None)[0] * self._embed(b, None)[0]).sum(-1)  # (B,)
+
+    def contrastive_loss(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Symmetric CLIP InfoNCE over the batch; pair i is (images[i], texts[i]), every other pair a negative."""
+        if len(texts) != len(images):
+            raise ValueError(f"texts has {len(texts)} items but images has {len(images)}")
+        img, txt = self._embed(images, texts)
+        scale = self.model.logit_scale.float().exp().clamp(max=100)  # CLIP caps the temperature at 100
+        logits = scale * img @ txt.T  # (B, B)
+        labels = torch.arange(len(img), device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
