@@ -1,0 +1,279 @@
+"""
+The toy UMM: a small unified model whose visual tokens z are truly shared by understanding and generation.
+
+    understanding  x -> SigLIP2 vision encoder -> MLP projector -> z (B, N, H) -> Qwen2.5-VL language model -> answer
+    generation     z -> adapter -> SD-1.5 VAE decoder -> x~                    (one step, differentiable in z)
+    text-to-image  prompt + N learned queries -> the same LM -> head -> z^ -> the same decoder
+
+Two sizes from the same transformers / diffusers classes:
+  `tiny-toy`  tiny configs and a word-level tokenizer over data.VOCAB; trained from scratch on the shapes data on a
+              CPU by `train.py --mode pretrain` (the paper's Eq. 3 joint objective plus the T2I token loss).
+  `toy`       pretrained parts (SigLIP2-base, the Qwen2.5-VL-3B language model, SD-1.5's VAE) for a small GPU; the
+              projector, adapter and T2I head are new and need the same pretraining before post-training.
+"""
+
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, Siglip2VisionConfig,
+                          Siglip2VisionModel)
+
+import data
+from model import LORA_DEFAULTS, LORA_TARGETS, UMM, from_pretrained
+
+SPECIALS = ('<pad>', '<unk>', '<eos>', '<answer>', '<caption>', '<image>')
+TINY = dict(  # sizes of `tiny-toy`; see ../shared/FEASIBILITY.md for why 36 px images and 6 px patches
+    image_size=36, patch_size=6, vision=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3,
+                                             num_attention_heads=4),
+    lm=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2),
+    vae=dict(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16),
+)
+
+
+def word_tokenizer(vocab=data.VOCAB) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (whitespace split) over the synthetic vocabulary, built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate((*SPECIALS, *vocab))}, unk_token='<unk>'))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix='##', cleanup=False)  # joins words with single spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='<pad>', unk_token='<unk>', eos_token='<eos>')
+
+
+class ToyUMM(UMM):
+    def __init__(self, vision, lm, lm_head, vae, tokenizer, image_size, patch_size, marks):
+        super().__init__()
+        self.vision, self.lm, self.lm_head, self.vae, self.tok = vision, lm, lm_head, vae, tokenizer
+        self.image_size, self.patch_size, self.grid = image_size, patch_size, image_size // patch_size
+        self.marks = marks  # the words that open an answer, a caption, an image, in this tokenizer's vocabulary
+        self.hidden_size = H = lm.config.hidden_size
+        self.projector = nn.Sequential(nn.Linear(vision.config.hidden_size, H), nn.GELU(), nn.Linear(H, H))
+        # G's adapter: each token becomes an r x r patch of VAE latents (pixel shuffle), then a 3x3 conv smooths seams
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        latent_side, c = image_size // vae_factor, vae.config.latent_channels
+        if latent_side % self.grid:
+            raise ValueError(f"the VAE latent side {latent_side} is not a multiple of the token grid {self.grid}")
+        self.r = latent_side // self.grid
+        self.adapter = nn.Sequential(nn.LayerNorm(H), nn.Linear(H, c * self.r ** 2))
+        self.adapter_conv = nn.Conv2d(c, c, 3, padding=1)
+        # T2I: N learned query embeddings read after the prompt; a head maps their LM states to predicted tokens z^
+        self.queries = nn.Parameter(torch.randn(self.grid ** 2, H) * 0.02)
+        self.t2i_head = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, H))
+
+    # ---- understanding ------------------------------------------------------------------------------------------
+
+    def encode(self, images):
+        """Enc + Proj: images (B, 3, s, s) in [0, 1] -> z (B, N, H), N = (s / patch)^2."""
+        check_images(images, self.image_size)
+        B, C, s, p = images.shape[0], 3, self.image_size, self.patch_size
+        pixels = images * 2 - 1  # SigLIP's normalisation: mean 0.5, std 0.5
+        # Siglip2 takes pre-cut patches (NaFlex): (B, N, p*p*C), row-major over the grid, as its image processor cuts
+        patches = pixels.reshape(B, C, s // p, p, s // p, p).permute(0, 2, 4, 3, 5, 1).reshape(B, -1, p * p * C)
+        shapes = torch.tensor([[s // p, s // p]] * B, device=images.device)
+        mask = torch.ones(patches.shape[:2], dtype=torch.long, device=images.device)
+        h = self.vision(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes).last_hidden_state
+        return self.projector(h)  # (B, N, H)
+
+    def _ids(self, texts):
+        return [self.tok(t, add_special_tokens=False)['input_ids'] for t in texts]
+
+    def _lm_hidden(self, z, ids):
+        """Run the LM on [z, ids] (ids right-padded, so no mask is needed under causal attention) -> (B, N + L, H)."""
+        L = max(map(len, ids))
+        padded = torch.full((len(ids), L), self.tok.pad_token_id, dtype=torch.long, device=z.device)
+        for i, seq in enumerate(ids):
+            padded[i, :len(seq)] = torch.tensor(seq, device=z.device)
+        embeds = torch.cat([z.to(self.lm_head.weight.dtype), self.lm.get_input_embeddings()(padded)], 1)
+        return self.lm(inputs_embeds=embeds).last_hidden_state
+
+    def _target_loss(self, z, prefixes, targets):
+        """Per-sample mean CE (float32) of `targets` given [z, prefix] — only target positions reach the LM head."""
+        ids = [p + t + [self.tok.eos_token_id] for p, t in zip(prefixes, targets)]
+        hidden = self._lm_hidden(z, ids)  # (B, N + L, H)
+        N, rows, cols, labels = z.shape[1], [], [], []
+        for i, (p, t) in enumerate(zip(prefixes, targets)):
+            for j in range(len(p), len(p) + len(t) + 1):  # the target words and the closing <eos>
+                rows.append(i), cols.append(N + j - 1), labels.append(ids[i][j])  # state j-1 predicts token j
+        rows_t = torch.tensor(rows, device=z.device)
+        logits = self.lm_head(hidden[rows_t, torch.tensor(cols, device=z.device)]).float()  # (M, V)
+        ce = F.cross_entropy(logits, torch.tensor(labels, device=z.device), reduction='none')  # (M,)
+        total = torch.zeros(len(ids), device=z.device).index_add(0, rows_t, ce)
+        count = torch.zeros(len(ids), device=z.device).index_add(0, rows_t, torch.ones_like(ce))
+        return total / count  # (B,)
+
+    def understand_loss(self, z, questions, answers):
+        """Eq. 1 per sample: -log p_U(a | z, q), averaged over the answer's tokens. (B,) float32."""
+        return self._target_loss(z, self._ids([f"{q} {self.marks['answer']}" for q in questions]), self._ids(answers))
+
+    def caption_loss(self, z, captions):
+        """CE of the caption given z: a pretraining signal that makes z carry the whole scene. (B,) float32."""
+        return self._target_loss(z, self._ids([self.marks['caption']] * len(captions)), self._ids(captions))
+
+    @torch.no_grad()
+    def _greedy(self, z, prefixes, max_new_tokens):
+        """Greedy decoding without a KV cache: answers are a word or two; captions are short."""
+        seqs, out, eos = [list(p) for p in prefixes], [[] for _ in prefixes], self.tok.eos_token_id
+        live = list(range(len(seqs)))
+        for _ in range(max_new_tokens):
+            hidden = self._lm_hidden(z[live], [seqs[i] for i in live])
+            last = torch.tensor([z.shape[1] + len(seqs[i]) - 1 for i in live], device=z.device)
+            nxt = self.lm_head(hidden[torch.arange(len(live)), last]).argmax(-1).tolist()
+            for i, t in zip(live, nxt):
+                seqs[i].append(t)
+                if t != eos:
+                    out[i].append(t)
+            live = [i for i, t in zip(live, nxt) if t != eos]
+            if not live:
+                break
+        return [self.tok.decode(o, skip_special_tokens=True).strip() for o in out]
+
+    def answer(self, z, questions, max_new_tokens=4):
+        return self._greedy(z, self._ids([f"{q} {self.marks['answer']}" for q in questions]), max_new_tokens)
+
+    def caption(self, images, max_new_tokens=48):
+        z = self.encode(images)
+        return self._greedy(z, self._ids([self.marks['caption']] * len(images)), max_new_tokens)
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+
+    def render(self, z):
+        """G: tokens (B, N, H) -> images (B, 3, s, s) in [0, 1]; one adapter + VAE-decoder pass, differentiable."""
+        B, c, g, r = z.shape[0], self.vae.config.latent_channels, self.grid, self.r
+        lat = self.adapter(z.to(self.lm_head.weight.dtype))                       # (B, N, c*r*r)
+        lat = lat.transpose(1, 2).reshape(B, c * r * r, g, g)                     # token grid
+        lat = self.adapter_conv(F.pixel_shuffle(lat, r))                          # (B, c, g*r, g*r)
+        return ((self.vae.decode(lat).sample + 1) / 2).clamp(0, 1)                # (B, 3, s, s)
+
+    def decode(self, images, z, prompts, perturb=None):
+        """Candidates x~ = G(z + delta). The toy's z is shared, so delta goes on z itself, added in float32."""
+        if perturb is None:
+            return self.render(z), None
+        delta = perturb(z.float())                                                # (B, N, H) float32
+        return self.render(z.float() + delta), delta
+
+    def reconstruction_loss(self, images, z):
+        """Eq. 2's l_gen per sample: MSE between G(z) and x. (B,) float32."""
+        return (self.render(z).float() - images.float()).pow(2).flatten(1).mean(1)
+
+    def predict_tokens(self, prompts):
+        """T2I's first half: the LM reads [prompt, <image>, N queries]; the head maps query states to z^ (B, N, H)."""
+        ids = self._ids([f"{p} {self.marks['image']}" for p in prompts])
+        B, L, N = len(ids), max(map(len, ids)), self.queries.shape[0]
+        device = self.queries.device
+        # left-pad the prompts so the queries sit at the same positions for every sample
+        padded = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros(B, L + N, dtype=torch.long, device=device)
+        for i, seq in enumerate(ids):
+            padded[i, L - len(seq):] = torch.tensor(seq, device=device)
+            mask[i, L - len(seq):] = 1
+        text = self.lm.get_input_embeddings()(padded)
+        embeds = torch.cat([text, self.queries.to(text.dtype).expand(B, -1, -1)], 1)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        hidden = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        return self.t2i_head(hidden[:, L:])  # (B, N, H)
+
+    def t2i_loss(self, prompts, z):
+        """The T2I token loss: MSE between predicted tokens z^ and z = Enc(x) of the captioned image. (B,) float32."""
+        return (self.predict_tokens(prompts).float() - z.detach().float()).pow(2).flatten(1).mean(1)
+
+    def generate(self, prompts):
+        return self.render(self.predict_tokens(prompts))
+
+    # ---- post-training: LoRA on the LM, everything else frozen -------------------------------------------------
+
+    def add_lora(self, r=LORA_DEFAULTS['r'], alpha=LORA_DEFAULTS['alpha'], dropout=LORA_DEFAULTS['dropout'],
+                 targets=LORA_TARGETS):
+        from peft import LoraConfig, get_peft_model
+        self.requires_grad_(False)
+        self.lm = get_peft_model(self.lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                                     target_modules=list(targets)))
+        return self
+
+    def understanding_parameters(self):
+        return [p for n, p in self.lm.named_parameters() if 'lora_' in n]
+
+    def save_trainable(self, directory):
+        self.lm.save_pretrained(directory)  # the LoRA adapter only (peft)
+
+    def load_trainable(self, directory):
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+        set_peft_model_state_dict(self.lm, load_peft_weights(directory, device=str(self.queries.device)))
+
+
+def check_images(images, size):
+    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a (B, 3, {size}, {size}) tensor, got "
+                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    if images.shape[-2:] != (size, size):
+        raise ValueError(f"images must be {size}x{size} for this backbone, got {tuple(images.shape[-2:])}")
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"images must be in [0, 1], got values in [{lo:.3f}, {hi:.3f}]")
+
+
+# -----------------------------------------------------------------------------
+# builders
+
+def build_tiny_toy(init: str | None = None, **_):
+    """`tiny-toy` from its tiny configs (random init), or from a pretrain checkpoint dir `init` (base.pt inside)."""
+    tok = word_tokenizer()
+    s, p = TINY['image_size'], TINY['patch_size']
+    vision = Siglip2VisionModel(Siglip2VisionConfig(**TINY['vision'], patch_size=p, num_patches=(s // p) ** 2,
+                                                    vision_use_head=False))
+    head_dim = TINY['lm']['hidden_size'] // TINY['lm']['num_attention_heads']
+    lm_cfg = Qwen2_5_VLTextConfig(**TINY['lm'], vocab_size=len(tok), max_position_embeddings=256,
+                                  pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                                  rope_parameters=dict(rope_type='default', rope_theta=10000.0,
+                                                       mrope_section=_mrope_section(head_dim)))
+    lm = Qwen2_5_VLTextModel(lm_cfg)
+    lm_head = nn.Linear(lm_cfg.hidden_size, len(tok), bias=False)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',) * 2,
+                        up_block_types=('UpDecoderBlock2D',) * 2, **TINY['vae'])
+    umm = ToyUMM(vision, lm, lm_head, vae, tok, s, p, dict(answer='<answer>', caption='<caption>', image='<image>'))
+    if init is not None:
+        load_base(umm, init)
+    return umm
+
+
+def _mrope_section(head_dim):
+    """Qwen2.5-VL splits rotary frequencies over (time, height, width); text positions make the split irrelevant."""
+    half = head_dim // 2
+    return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+
+
+def save_base(umm, directory, extra=None):
+    """The pretrained base: the full (tiny) state dict and what built it, written atomically."""
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, 'base.pt.tmp')
+    torch.save({'backbone': 'tiny-toy', 'state_dict': umm.state_dict(), **(extra or {})}, tmp)
+    os.replace(tmp, os.path.join(directory, 'base.pt'))
+
+
+def load_base(umm, directory):
+    path = os.path.join(directory, 'base.pt') if os.path.isdir(directory) else directory
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--init {directory!r}: no base checkpoint (base.pt) there; "
+                                f"build one with `python train.py --mode pretrain`")
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    if ckpt.get('backbone') != 'tiny-toy':
+        raise ValueError(f"--init {path!r} holds a {ckpt.get('backbone')!r} checkpoint, not tiny-toy")
+    umm.load_state_dict(ckpt['state_dict'])
+    return ckpt
+
+
+def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B-Instruct',
+              sd='stable-diffusion-v1-5/stable-diffusion-v1-5', **_):
+    """`toy` from pretrained parts (hub ids or local dirs). Weights are never downloaded in tests."""
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    vision = from_pretrained(Siglip2VisionModel, siglip, 'SigLIP2 (--toy-siglip)')
+    full = from_pretrained(Qwen2_5_VLForConditionalGeneration, qwen, 'Qwen2.5-VL (--toy-qwen)')
+    tok = from_pretrained(AutoTokenizer, qwen, 'Qwen2.5-VL tokenizer (--toy-qwen)')
+    vae = from_pretrained(AutoencoderKL, sd, 'SD-1.5 VAE (--toy-sd)', subfolder='vae')
+    lm, lm_head = full.model.language_model, full.lm_head  # the Qwen vision tower is dropped: SigLIP2 replaces it
+    del full.model.visual
+    s = int(vision.config.num_patches ** 0.5) * vision.config.patch_size  # SigLIP2 (NaFlex) stores patches, not size
+    return ToyUMM(vision, lm, lm_head, vae, tok, s, vision.config.patch_size,
+                  dict(answer='Answer:', caption='Caption:', image='Image:'))
