@@ -280,6 +280,20 @@ class ShapesVQA(Dataset):
                 'qtype': self.qtypes[i], 'caption': self.captions[i]}
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+
+
+def batch_indices(step: int, size: int, batch_size: int, seed: int = 0) -> list[int]:
+    """The sample indices of training batch `step`: a pure function of (step, seed), so a resumed run reads exactly
+    the batches it would have read. Each epoch is a fresh shuffle; its last incomplete batch is dropped."""
+    if not 0 < batch_size <= size:
+        raise ValueError(f"batch_size must be in [1, {size}] (the dataset size), got {batch_size}")
+    epoch, k = divmod(step, size // batch_size)
+    return _epoch_order(size, seed, epoch)[k * batch_size:(k + 1) * batch_size].tolist()
+
+
 def collate(batch: list[dict]) -> dict:
     """List of samples -> {'images': (B, 3, H, W) float in [0, 1], 'questions': [...], 'answers': [...], ...}."""
     out = {'images': torch.stack([b['image'] for b in batch])}

@@ -47,7 +47,11 @@ def test_understand_loss_is_per_sample_and_equals_plain_ce(umm, batch):
         target = umm.tok(a[i], add_special_tokens=False)['input_ids'] + [umm.tok.eos_token_id]
         ids = torch.tensor([prompt + target])
         embeds = torch.cat([z[i:i + 1], umm.lm.get_input_embeddings()(ids)], 1)
-        logits = umm.lm_head(umm.lm(inputs_embeds=embeds).last_hidden_state)[0]  # (N + L, V)
+        # Qwen2.5-VL's M-RoPE: image token k of the 6x6 grid at (t, h, w) = (0, k // 6, k % 6), text at 6, 7, ...
+        image_pos = [[0] * 36, [k // 6 for k in range(36)], [k % 6 for k in range(36)]]
+        text_pos = [[6 + j for j in range(ids.shape[1])]] * 3
+        positions = torch.tensor([a + b for a, b in zip(image_pos, text_pos)])[:, None, :]  # (3, 1, N + L)
+        logits = umm.lm_head(umm.lm(inputs_embeds=embeds, position_ids=positions).last_hidden_state)[0]  # (N + L, V)
         start = z.shape[1] + len(prompt) - 1  # the state before the first answer token predicts it
         ref = F.cross_entropy(logits[start:start + len(target)].float(), torch.tensor(target))
         torch.testing.assert_close(per_sample[i], ref, rtol=1e-4, atol=1e-5)

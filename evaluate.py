@@ -1,0 +1,63 @@
+"""
+Measurement: how well a UMM answers, on clean data, under OOD shifts, and on its own re-generations.
+
+    python evaluate.py --ckpt out/base            # the toy suite for a checkpoint (more of it lands with issue 6)
+"""
+
+import argparse
+import json
+from collections import defaultdict
+
+import torch
+
+import data
+
+
+@torch.no_grad()
+def accuracy(umm, dataset, batch_size=256, transform=None) -> dict:
+    """Exact-match accuracy of greedy answers, overall and per question family. `transform` maps the images first
+    (e.g. x -> G(Enc(x)) for re-reading)."""
+    was_training = umm.training
+    umm.eval()
+    right, total = defaultdict(int), defaultdict(int)
+    for start in range(0, len(dataset), batch_size):
+        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        images = batch['images'] if transform is None else transform(batch['images'])
+        predictions = umm.answer(umm.encode(images), batch['questions'])
+        for p, a, t in zip(predictions, batch['answers'], batch['qtypes']):
+            for key in ('all', t):
+                right[key] += p == a
+                total[key] += 1
+    umm.train(was_training)
+    return {k: right[k] / total[k] for k in total}
+
+
+def majority_baseline(train, test) -> dict:
+    """Accuracy of always answering the most common train answer of the question's family."""
+    answers = defaultdict(lambda: defaultdict(int))
+    for a, t in zip(train.answers, train.qtypes):
+        answers[t][a] += 1
+    top = {t: max(c, key=c.get) for t, c in answers.items()}
+    right, total = defaultdict(int), defaultdict(int)
+    for a, t in zip(test.answers, test.qtypes):
+        for key in ('all', t):
+            right[key] += top[t] == a
+            total[key] += 1
+    return {k: right[k] / total[k] for k in total}
+
+
+if __name__ == '__main__':
+    import model
+    parser = argparse.ArgumentParser(description='Evaluate tiny-toy checkpoints on the synthetic shapes suite.')
+    parser.add_argument('--ckpt', required=True, help='a pretrain output dir (holding base.pt)')
+    parser.add_argument('--split', default='test', choices=list(data.SPLITS), help='which split to score')
+    parser.add_argument('--size', type=int, default=2000, help='questions per split and per shift')
+    args = parser.parse_args()
+    umm = model.load_backbone('tiny-toy', init=args.ckpt)
+    clean = data.ShapesVQA(args.split, args.size)
+    result = {'clean': accuracy(umm, clean),
+              'majority': majority_baseline(data.ShapesVQA('train', 20000), clean),
+              'reread': accuracy(umm, clean, transform=lambda x: umm.render(umm.encode(x)))}
+    for shift in data.SHIFTS:
+        result[shift] = accuracy(umm, data.ShapesVQA(args.split, args.size, shift=shift))['all']
+    print(json.dumps(result, indent=1))

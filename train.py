@@ -1,0 +1,376 @@
+"""
+UniGame post-training: Algorithm 1 of arXiv 2511.19413, the SFT baseline, and the toy's pretraining.
+
+CPU, the default: UniGame on tiny-toy for 300 steps, then base vs UniGame on val (builds out/base first if missing)
+    python train.py
+The SFT baseline (same steps, data and und_lr), and the tiny-toy base alone (Eq. 3):
+    python train.py --mode sft --out_dir out/sft
+    python train.py --mode pretrain --out_dir out/base
+One GPU, and eight GPUs (DDP; each rank keeps its own buffer):
+    python train.py --backbone janus-pro-7b --eps 0.02 --dtype bfloat16 --out_dir out/janus7b
+    torchrun --standalone --nproc_per_node=8 train.py --backbone janus-pro-7b --eps 0.02 --dtype bfloat16
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import data
+import evaluate
+import model
+import toy_umm
+from buffer import HardBuffer, Judge, hardness, select_hard
+from perturber import Perturber
+
+# -----------------------------------------------------------------------------
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# model
+p.add_argument('--backbone', default='tiny-toy', help=f"registry name: {', '.join(model.BACKBONES)}")
+p.add_argument('--mode', default='unigame', choices=['pretrain', 'sft', 'unigame'],
+               help='pretrain: the toy base (Eq. 3); sft: clean CE on the LoRA; unigame: Algorithm 1')
+p.add_argument('--init', default='out/base', help="base checkpoint dir for tiny-toy (built there if missing); '' none")
+p.add_argument('--out_dir', '--out-dir', default=None, help='run directory (default: out/<mode>)')
+# LoRA
+p.add_argument('--lora-r', type=int, default=model.LORA_DEFAULTS['r'], help='LoRA rank (the paper gives none)')
+p.add_argument('--lora-alpha', type=float, default=model.LORA_DEFAULTS['alpha'], help='LoRA alpha')
+p.add_argument('--lora-dropout', type=float, default=model.LORA_DEFAULTS['dropout'], help='LoRA dropout')
+# perturber
+p.add_argument('--eps', type=float, default=0.02, help="eps_max, the per-token L2 budget of delta (paper: 0.02)")
+p.add_argument('--perturber-width', type=int, default=None, help='hidden width of C (default: H; 256 on H=4096 = 2.2M)')
+p.add_argument('--gen-lr', type=float, default=5e-3, help="C's AdamW learning rate (paper: 5e-3)")
+p.add_argument('--lam', type=float, default=1.0, help="Eq. 7's lambda on ||delta||^2 (mean over tokens)")
+p.add_argument('--attack', default='token', choices=['token', 'decoded'],
+               help="L_C on U(z + delta) (token) or on U(Enc(G(z + delta))) (decoded, Eq. 7 exactly)")
+p.add_argument('--perturb', default='adversarial', choices=['adversarial', 'random'],
+               help='random: delta is noise of norm eps (Table 4 ablation), C is not trained')
+p.add_argument('--updates', default='1:1', help='G:U update ratio: C steps per U steps, e.g. 1:1, 1:5, 1:10')
+# buffer
+p.add_argument('--buffer-size', type=int, default=50, help='capacity of B (paper: 50); 0 = no buffer (ablation)')
+p.add_argument('--mine-every', type=int, default=1, help='mine candidates every m steps (Algorithm 1, line 9)')
+p.add_argument('--filter', default='clip', choices=['clip', 'cosine', 'none'],
+               help='semantic filter: judge text-image (clip), candidate-original image cosine, or none')
+p.add_argument('--min-sim', type=float, default=0.6, help='drop candidates whose similarity is below this')
+p.add_argument('--clip-tau', type=float, default=0.6, help="hinge threshold tau in H = CE + lam_clip*max(0, tau - s)")
+p.add_argument('--clip-lambda', type=float, default=1.0, help='weight of the hinge in H')
+p.add_argument('--hard-quantile', type=float, default=0.6, help='keep H >= this quantile of the batch (paper: 0.6)')
+p.add_argument('--beta', type=float, default=0.5, help='weight of the buffer term in L_U, Eq. 6 (paper: 0.5)')
+p.add_argument('--replay', type=int, default=16, help='buffer samples replayed per understand step')
+# optim
+p.add_argument('--steps', type=int, default=300, help='post-training steps (pretrain: see --pretrain-steps)')
+p.add_argument('--batch-size', type=int, default=32, help='clean samples per step and rank')
+p.add_argument('--und-lr', type=float, default=2e-5, help="U's LoRA AdamW learning rate (paper: 2e-5)")
+p.add_argument('--train-size', type=int, default=20000, help='synthetic train samples (post-training data)')
+p.add_argument('--pretrain-steps', type=int, default=1300, help='steps of --mode pretrain (tiny-toy)')
+# eval
+p.add_argument('--log-every', type=int, default=10, help='steps between metrics.jsonl lines')
+p.add_argument('--val-size', type=int, default=1000, help='val questions for the final table (0: skip it)')
+# system
+p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
+               help='autocast dtype; C, delta, its norm, the losses and optimizer states stay float32')
+p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='cpu or cuda')
+p.add_argument('--seed', type=int, default=0, help='seed of init, data order, buffer sampling')
+p.add_argument('--save-every', type=int, default=100, help='steps between checkpoints (and one at the end)')
+p.add_argument('--resume', action='store_true', help='continue from out_dir/ckpt.pt exactly where it stopped')
+p.add_argument('--max-nan-steps', type=int, default=3, help='stop after this many non-finite losses in a row')
+args = p.parse_args()
+args.out_dir = args.out_dir or f'out/{args.mode}'
+
+
+def fail(flag, message):
+    p.error(f"{flag}: {message}")
+
+
+for flag in ('gen_lr', 'und_lr', 'eps'):
+    if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
+        fail('--' + flag.replace('_', '-'), f"must be a finite number > 0, got {getattr(args, flag)}")
+for flag in ('steps', 'batch_size', 'train_size', 'mine_every', 'log_every', 'save_every', 'pretrain_steps', 'lora_r'):
+    if getattr(args, flag) < 1:
+        fail('--' + flag.replace('_', '-'), f"must be >= 1, got {getattr(args, flag)}")
+if args.buffer_size < 0 or args.replay < 0 or args.beta < 0 or args.lam < 0:
+    fail('--buffer-size/--replay/--beta/--lam', 'must be >= 0')
+if not 0 < args.hard_quantile < 1:
+    fail('--hard-quantile', f"must be in (0, 1), got {args.hard_quantile}")
+try:
+    g_updates, u_updates = (int(v) for v in args.updates.split(':'))
+    assert g_updates >= 1 and u_updates >= 1
+except (ValueError, AssertionError):
+    fail('--updates', f"must be G:U with integers >= 1 (e.g. 1:5), got {args.updates!r}")
+if args.backbone not in model.BACKBONES:
+    fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(model.BACKBONES)}")
+
+# DDP from torchrun's environment; the single-process branch defines the same names
+ddp = int(os.environ.get('RANK', -1)) != -1
+if ddp:
+    dist.init_process_group(backend='nccl' if args.device == 'cuda' else 'gloo')
+    rank, local_rank, world_size = dist.get_rank(), int(os.environ['LOCAL_RANK']), dist.get_world_size()
+    device = f'cuda:{local_rank}' if args.device == 'cuda' else 'cpu'
+    if args.device == 'cuda':
+        torch.cuda.set_device(device)
+else:
+    rank, local_rank, world_size, device = 0, 0, 1, args.device
+master = rank == 0
+ptdtype = getattr(torch, args.dtype)
+ctx = torch.autocast(device.split(':')[0], dtype=ptdtype, enabled=args.dtype != 'float32')
+scaler = torch.amp.GradScaler(enabled=args.dtype == 'float16')  # only fp16 needs loss scaling
+if master:
+    print(f"{json.dumps(vars(args))}\nautocast: {args.dtype} on {device}, world size {world_size}")
+timings = {}
+
+# the tiny-toy base: --mode pretrain builds it; the other modes build it first if it is missing
+if args.backbone == 'tiny-toy' and (args.mode == 'pretrain' or not os.path.isfile(os.path.join(args.init, 'base.pt'))):
+    base_dir = args.out_dir if args.mode == 'pretrain' else args.init
+    if not args.init and args.mode != 'pretrain':
+        fail('--init', 'tiny-toy post-training needs a base; pass a dir (it is built there if missing)')
+    t0 = time.time()
+    if master:
+        print(f"building the tiny-toy base in {base_dir} ({args.pretrain_steps} steps, about 10 min on 2 cores)")
+        toy_umm.pretrain(base_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx)
+    if ddp:
+        dist.barrier()
+    timings['pretrain'] = time.time() - t0
+    if args.mode == 'pretrain':
+        print(f"pretrain done in {timings['pretrain']:.0f}s: {base_dir}/base.pt, {base_dir}/judge.pt")
+        raise SystemExit(0)
+elif args.mode == 'pretrain':
+    fail('--backbone', f"--mode pretrain builds the tiny-toy base only, got {args.backbone}")
+
+# -----------------------------------------------------------------------------
+# the UMM with LoRA on U, the perturber C, the judge, the buffer B, one optimizer each for U and C
+torch.manual_seed(args.seed)  # same init on every rank: trainable weights start (and stay) identical
+umm = model.load_backbone(args.backbone, init=args.init or None).to(device)
+umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout).train()
+C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
+unigame = args.mode == 'unigame'
+judge = Judge.load(os.path.join(args.init, 'judge.pt'), map_location=device) if unigame and args.filter != 'none' \
+    else None
+buffer = HardBuffer(args.buffer_size) if unigame and args.buffer_size > 0 else None
+u_params, c_params = umm.understanding_parameters(), list(C.parameters())
+opt_u = torch.optim.AdamW(u_params, lr=args.und_lr, weight_decay=0.0)
+opt_c = torch.optim.AdamW(c_params, lr=args.gen_lr, weight_decay=0.0)
+buffer_rng = torch.Generator().manual_seed(args.seed + rank)
+torch.manual_seed(args.seed + rank)  # from here on (LoRA dropout, random noise) ranks may differ
+train_set = data.ShapesVQA('train', args.train_size)
+if master:
+    n_u, n_c = sum(q.numel() for q in u_params), sum(q.numel() for q in c_params)
+    n_all = sum(q.numel() for q in umm.parameters())
+    print(f"trainable: LoRA {n_u / 1e6:.3f}M + C {n_c / 1e6:.3f}M = {100 * (n_u + n_c) / n_all:.2f}% of {n_all / 1e6:.1f}M")
+
+
+def batch_at(step):
+    """Rank r's batch at `step` is global batch step * world_size + r: a pure function of the step, for resume."""
+    idx = data.batch_indices(step * world_size + rank, len(train_set), args.batch_size, args.seed)
+    b = data.collate([train_set[i] for i in idx])
+    images = b['images'].to(device)
+    if images.shape[-1] != umm.image_size:  # backbones with other input sizes see the same scenes, resized
+        images = torch.nn.functional.interpolate(images, size=umm.image_size, mode='bilinear').clamp(0, 1)
+    return {**b, 'images': images}
+
+
+def noise(z):
+    """Table 4's random-noise ablation: a random direction per token with the full budget eps."""
+    return args.eps * torch.nn.functional.normalize(torch.randn_like(z.float()), dim=-1)
+
+
+def step_(optimizer, loss, params):
+    """One update from `loss`, gradients only for `params` (U's step never touches C and vice versa), averaged over
+    ranks by one all-reduce of the flattened gradients; every rank calls this at the same steps."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward(inputs=params)
+    if ddp:
+        grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in params]
+        flat = torch.cat([g.flatten() for g in grads]) / world_size
+        dist.all_reduce(flat)
+        for q, g in zip(params, flat.split([g.numel() for g in grads])):
+            q.grad = g.view_as(q)
+    scaler.step(optimizer)
+
+
+def save_checkpoint(step):
+    """Trainable weights, C, optimizers, scaler, step, config on rank 0; buffer and RNG per rank. Atomic writes."""
+    def atomic(obj, path):
+        torch.save(obj, path + '.tmp')
+        os.replace(path + '.tmp', path)
+    atomic(dict(step=step, buffer=buffer.state_dict() if buffer else None, rng=torch.get_rng_state(),
+                buffer_rng=buffer_rng.get_state()), os.path.join(args.out_dir, f'rank{rank}.pt'))
+    if ddp:
+        dist.barrier()
+    if master:
+        trainable = {n: q.detach().cpu() for n, q in umm.named_parameters() if q.requires_grad}
+        atomic(dict(step=step, backbone=args.backbone, config=vars(args), trainable=trainable, perturber=C.state_dict(),
+                    opt_u=opt_u.state_dict(), opt_c=opt_c.state_dict(), scaler=scaler.state_dict()),
+               os.path.join(args.out_dir, 'ckpt.pt'))
+
+
+start_step = 0
+if args.resume:
+    path = os.path.join(args.out_dir, 'ckpt.pt')
+    if not os.path.isfile(path):
+        fail('--resume', f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if ckpt['backbone'] != args.backbone:
+        fail('--resume', f"{path} is a {ckpt['backbone']} checkpoint, not {args.backbone}")
+    missing = set(ckpt['trainable']) ^ {n for n, q in umm.named_parameters() if q.requires_grad}
+    if missing:
+        fail('--resume', f"{path} does not match this model's trainable weights (e.g. {sorted(missing)[:3]})")
+    umm.load_state_dict(ckpt['trainable'], strict=False)
+    C.load_state_dict(ckpt['perturber'])
+    opt_u.load_state_dict(ckpt['opt_u'])
+    opt_c.load_state_dict(ckpt['opt_c'])
+    scaler.load_state_dict(ckpt['scaler'])
+    mine = torch.load(os.path.join(args.out_dir, f'rank{rank}.pt'), map_location='cpu', weights_only=True)
+    if mine['step'] != ckpt['step']:
+        fail('--resume', f"rank{rank}.pt is from step {mine['step']} but ckpt.pt from step {ckpt['step']}")
+    if buffer is not None and mine['buffer'] is not None:
+        buffer.load_state_dict(mine['buffer'])
+    torch.set_rng_state(mine['rng'])
+    buffer_rng.set_state(mine['buffer_rng'])
+    start_step = ckpt['step']
+    if master:
+        print(f"resumed from {path} at step {start_step}")
+os.makedirs(args.out_dir, exist_ok=True)
+if master:
+    with open(os.path.join(args.out_dir, 'config.json'), 'w') as f:
+        json.dump(vars(args), f, indent=1)
+
+# -----------------------------------------------------------------------------
+# Algorithm 1
+metrics = None
+if master:  # on resume, drop the lines an interrupted run wrote after its last checkpoint
+    path = os.path.join(args.out_dir, 'metrics.jsonl')
+    kept = [l for l in open(path)if json.loads(l)['step'] < start_step] if args.resume and os.path.isfile(path) else []
+    metrics = open(path, 'w')
+    metrics.writelines(kept)
+log = torch.zeros(7, device=device)  # sums since the last log line: L_U, L_C, C steps, ASR, candidates, step time, n
+nan_streak, t_train = 0, time.time()
+bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc=args.mode, disable=not master)
+step, interrupted = start_step, {'now': False}
+signal.signal(signal.SIGINT, lambda *_: interrupted.update(now=True))  # finish the step, save, then stop
+try:
+    for step in bar:
+        last_step, t_step = step == args.steps - 1, time.time()
+        b = batch_at(step)
+        x, q, a = b['images'], b['questions'], b['answers']
+        with torch.no_grad(), ctx:
+            z = umm.encode(x)                                       # (B, N, H) frozen Enc + Proj (line 3)
+
+        # 1. challenge step (lines 4-8): C ascends L_C = CE(U(z~)) - lam ||delta||^2 (Eq. 7)
+        c_steps = (step + 1) * g_updates // u_updates - step * g_updates // u_updates  # the G:U ratio
+        for _ in range(c_steps if unigame and args.perturb == 'adversarial' else 0):
+            with ctx:
+                if args.attack == 'token':
+                    delta = C(z.float())                            # (B, N, H) float32, ||delta_token|| <= eps
+                    ce = umm.understand_loss(z.float() + delta, q, a)
+                else:                                               # through the decoder: Enc(G(z + delta))
+                    x_adv, delta = umm.decode(x, z, q, perturb=C)
+                    ce = umm.understand_loss(umm.encode(x_adv), q, a)
+                l_c = (ce.float() - C.penalty(delta, args.lam)).mean()  # Eq. 7, float32
+            if torch.isfinite(l_c):
+                step_(opt_c, -l_c, c_params)                        # maximise: descend on -L_C
+                log[1:3] += torch.stack([l_c.detach(), torch.ones((), device=device)])
+
+        # 2. mine (lines 9-11): decode candidates, score H (Eq. 4), keep the hard plausible ones in B
+        if buffer is not None and step % args.mine_every == 0:
+            umm.eval()  # score candidates without LoRA dropout (and without spending the RNG that training uses)
+            with torch.no_grad(), ctx:
+                x_tilde, _ = umm.decode(x, z, q, perturb=C if args.perturb == 'adversarial' else noise)
+                z_tilde = umm.encode(x_tilde)                       # re-encode the candidates: U reads images
+                ce = umm.understand_loss(z_tilde, q, a).float()     # (B,)
+                if args.filter == 'clip':                           # does the candidate still show the caption?
+                    sim = judge.image_text_similarity(x_tilde, b['captions'])
+                elif args.filter == 'cosine':                       # is it still close to the original?
+                    sim = judge.image_image_similarity(x_tilde, x)
+                else:
+                    sim = None
+                h = hardness(ce, sim, args.clip_tau, args.clip_lambda)
+                keep = select_hard(h, sim, args.min_sim, args.hard_quantile).nonzero().flatten().tolist()
+                if step % args.log_every == 0 or last_step:         # attack success rate: U answers wrong
+                    wrong = [p_ != a_ for p_, a_ in zip(umm.answer(z_tilde, q), a)]
+                    log[3:5] += torch.tensor([sum(wrong), len(wrong)], dtype=torch.float, device=device)
+            umm.train()
+            buffer.push(x_tilde[keep].float(), [q[i] for i in keep], [a[i] for i in keep], h[keep], step,
+                        qtypes=[b['qtypes'][i] for i in keep])
+
+        # 3. understand step (lines 12-15): L_U = CE(clean) + beta * CE(hard samples from B) (Eq. 6)
+        with ctx:
+            l_u = umm.understand_loss(z, q, a).mean()
+            if buffer is not None and len(buffer) > 0:
+                s = buffer.sample(args.replay, generator=buffer_rng)
+                with torch.no_grad():
+                    z_hard = umm.encode(s['images'].to(device))
+                l_u = l_u + args.beta * umm.understand_loss(z_hard, s['questions'], s['answers']).mean()
+        finite = torch.isfinite(l_u.detach()).float()
+        if ddp:  # every rank must take (or skip) the update together
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item():
+            step_(opt_u, l_u, u_params)
+            nan_streak = 0
+        else:
+            nan_streak += 1
+            tqdm.write(f"warning: non-finite L_U at step {step}; update skipped ({nan_streak} in a row)")
+            if nan_streak >= args.max_nan_steps:
+                raise FloatingPointError(f"{nan_streak} non-finite losses in a row; last good checkpoint kept")
+        scaler.update()
+        log[0] += l_u.detach().float().nan_to_num()
+        log[5:7] += torch.tensor([time.time() - t_step, 1.0], device=device)
+
+        # log (reduced over ranks only here), checkpoint, terminate
+        if step % args.log_every == 0 or last_step:
+            if ddp:
+                dist.all_reduce(log)
+            n = log[6].item() / world_size
+            row = dict(step=step, L_U=log[0].item() / world_size / n, eps=C.eps.item(),
+                       L_C=log[1].item() / log[2].item() if log[2] > 0 else None,
+                       asr=log[3].item() / log[4].item() if log[4] > 0 else None,
+                       buffer=len(buffer) if buffer else 0, H_mean=buffer.mean_hardness() if buffer else None,
+                       step_time=log[5].item() / world_size / n)
+            row['H_mean'] = None if row['H_mean'] is None or math.isnan(row['H_mean']) else row['H_mean']
+            log.zero_()
+            if master:
+                metrics.write(json.dumps(row) + '\n')
+                metrics.flush()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != 'step' and v is not None})
+        if (step + 1) % args.save_every == 0 or last_step:
+            save_checkpoint(step + 1)
+        stop = torch.tensor(float(interrupted['now']), device=device)
+        if ddp:  # Ctrl-C on any rank stops every rank at the same step boundary
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if stop.item():
+            if not ((step + 1) % args.save_every == 0 or last_step):
+                save_checkpoint(step + 1)
+            if master:
+                print(f"\ninterrupted after step {step}: checkpoint saved in {args.out_dir}; continue with --resume")
+            raise SystemExit(130)
+finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+timings[args.mode] = time.time() - t_train
+
+# -----------------------------------------------------------------------------
+# what the run changed: the adapter for users (peft format), and base vs trained on val, clean and shifted
+if master:
+    umm.save_trainable(os.path.join(args.out_dir, 'adapter'))
+    if args.val_size > 0 and args.backbone == 'tiny-toy':
+        t0 = time.time()
+        sets = {'clean': data.ShapesVQA('val', args.val_size)}
+        sets.update({s: data.ShapesVQA('val', args.val_size, shift=s) for s in data.SHIFTS})
+        umm.eval()
+        with ctx:
+            trained = {k: evaluate.accuracy(umm, v)['all'] for k, v in sets.items()}
+            with umm.lm.disable_adapter():  # the same weights without LoRA: the base
+                base = {k: evaluate.accuracy(umm, v)['all'] for k, v in sets.items()}
+        timings['eval'] = time.time() - t0
+        print(f"\nval accuracy ({args.val_size} questions each)\n{'':14}{'base':>8}{args.mode:>10}{'diff':>8}")
+        for k in sets:
+            print(f"{k:14}{base[k]:8.3f}{trained[k]:10.3f}{trained[k] - base[k]:+8.3f}")
+        with open(os.path.join(args.out_dir, 'final.json'), 'w') as f:
+            json.dump(dict(base=base, trained=trained, timings=timings), f, indent=1)
+    print('time: ' + ', '.join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
+if ddp:
+    dist.destroy_process_group()
