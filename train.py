@@ -12,7 +12,7 @@ One GPU, and eight GPUs (DDP; each rank keeps its own buffer):
 """
 
 import argparse
-import contextlib
+import hashlib
 import json
 import math
 import os
@@ -36,7 +36,7 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument('--backbone', default='tiny-toy', help=f"registry name: {', '.join(model.BACKBONES)}")
 p.add_argument('--mode', default='unigame', choices=['pretrain', 'sft', 'unigame'],
                help='pretrain: the toy base (Eq. 3); sft: clean CE on the LoRA; unigame: Algorithm 1')
-p.add_argument('--init', default='out/base', help="base checkpoint dir for tiny-toy (built there if missing); '' none")
+p.add_argument('--init', default='out/base', help='tiny-toy base checkpoint dir (the default one is built if missing)')
 p.add_argument('--out_dir', '--out-dir', default=None, help='run directory (default: out/<mode>)')
 # LoRA
 p.add_argument('--lora-r', type=int, default=model.LORA_DEFAULTS['r'], help='LoRA rank (the paper gives none)')
@@ -103,6 +103,8 @@ try:
     assert g_updates >= 1 and u_updates >= 1
 except (ValueError, AssertionError):
     fail('--updates', f"must be G:U with integers >= 1 (e.g. 1:5), got {args.updates!r}")
+if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
+    fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
 if args.backbone not in model.BACKBONES:
     fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(model.BACKBONES)}")
 
@@ -127,8 +129,9 @@ timings = {}
 # the tiny-toy base: --mode pretrain builds it; the other modes build it first if it is missing
 if args.backbone == 'tiny-toy' and (args.mode == 'pretrain' or not os.path.isfile(os.path.join(args.init, 'base.pt'))):
     base_dir = args.out_dir if args.mode == 'pretrain' else args.init
-    if not args.init and args.mode != 'pretrain':
-        fail('--init', 'tiny-toy post-training needs a base; pass a dir (it is built there if missing)')
+    if args.mode != 'pretrain' and args.init != p.get_default('init'):  # only the default base is built on demand
+        fail('--init', f"no base checkpoint at {os.path.join(args.init, 'base.pt')}; build one with "
+                       f"`python train.py --mode pretrain --out_dir {args.init or 'DIR'}`")
     t0 = time.time()
     if master:
         print(f"building the tiny-toy base in {base_dir} ({args.pretrain_steps} steps, about 10 min on 2 cores)")
@@ -198,8 +201,10 @@ def save_checkpoint(step):
     def atomic(obj, path):
         torch.save(obj, path + '.tmp')
         os.replace(path + '.tmp', path)
+    digest = hashlib.sha256(b''.join(q.detach().cpu().numpy().tobytes() for q in u_params + c_params)).hexdigest()
     atomic(dict(step=step, buffer=buffer.state_dict() if buffer else None, rng=torch.get_rng_state(),
-                buffer_rng=buffer_rng.get_state()), os.path.join(args.out_dir, f'rank{rank}.pt'))
+                buffer_rng=buffer_rng.get_state(), weights_sha256=digest),  # the digest: ranks must agree
+           os.path.join(args.out_dir, f'rank{rank}.pt'))
     if ddp:
         dist.barrier()
     if master:
@@ -212,8 +217,6 @@ def save_checkpoint(step):
 start_step = 0
 if args.resume:
     path = os.path.join(args.out_dir, 'ckpt.pt')
-    if not os.path.isfile(path):
-        fail('--resume', f"no checkpoint at {path}")
     ckpt = torch.load(path, map_location=device, weights_only=True)
     if ckpt['backbone'] != args.backbone:
         fail('--resume', f"{path} is a {ckpt['backbone']} checkpoint, not {args.backbone}")

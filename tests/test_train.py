@@ -1,0 +1,164 @@
+"""train.py end to end on tiny-toy (CPU): the game's steps move the right way, resume is exact, two DDP ranks keep
+identical weights, bad flags fail early naming the flag, non-finite losses stop the run.
+Run: python -m pytest -q tests/test_train.py   (about two minutes on 2 cores: it starts train.py several times)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data
+import model
+import toy_umm
+from perturber import Perturber
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ['--train-size', '400', '--batch-size', '8', '--replay', '4', '--val-size', '0', '--log-every', '2']
+
+
+@pytest.fixture(scope='module')
+def base(tmp_path_factory):
+    """A tiny-toy base after a few pretraining steps: enough for the plumbing, built in a few seconds."""
+    out = str(tmp_path_factory.mktemp('base'))
+    toy_umm.pretrain(out, steps=3, batch_size=16, train_size=200, val_size=16, eval_every=1000)
+    return out
+
+
+def run(*flags, ok=True, launcher=(sys.executable,)):
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([*launcher, os.path.join(ROOT, 'train.py'), *flags], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=600)
+    assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def metrics(out):
+    with open(os.path.join(out, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def batch(n=8):
+    ds = data.ShapesVQA('val', n)
+    return data.collate([ds[i] for i in range(n)])
+
+
+def test_challenge_step_ascends_and_touches_only_c(base):
+    torch.manual_seed(0)
+    umm = model.load_backbone('tiny-toy', init=base).add_lora()
+    c = Perturber(umm.hidden_size, width=32, eps_max=0.5)
+    opt = torch.optim.AdamW(c.parameters(), lr=5e-2)
+    b = batch()
+    with torch.no_grad():
+        z = umm.encode(b['images'])
+    def l_c():  # Eq. 7 on the token side, as train.py computes it
+        delta = c(z.float())
+        return (umm.understand_loss(z.float() + delta, b['questions'], b['answers']) - c.penalty(delta, 1.0)).mean()
+    before = l_c().item()
+    for _ in range(15):
+        opt.zero_grad()
+        (-l_c()).backward(inputs=list(c.parameters()))
+        assert all(p.grad is None for p in umm.understanding_parameters())  # U's LoRA never gets C's gradient
+        opt.step()
+    assert l_c().item() > before + 0.05
+
+
+def test_understand_step_descends_and_touches_only_lora(base):
+    torch.manual_seed(0)
+    umm = model.load_backbone('tiny-toy', init=base).add_lora(dropout=0.0)
+    c = Perturber(umm.hidden_size, width=32)
+    params = umm.understanding_parameters()
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    b = batch()
+    with torch.no_grad():
+        z = umm.encode(b['images'])
+    loss = lambda: umm.understand_loss(z, b['questions'], b['answers']).mean()
+    before = loss().item()
+    for _ in range(10):
+        opt.zero_grad()
+        loss().backward(inputs=params)
+        opt.step()
+    assert loss().item() < before - 0.05
+    assert all(p.grad is None for p in c.parameters())
+
+
+def test_delta_stays_float32_under_bf16_autocast(base):
+    umm = model.load_backbone('tiny-toy', init=base)
+    c = Perturber(umm.hidden_size, width=32)
+    b = batch(4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        z = umm.encode(b['images'])
+        x_tilde, delta = umm.decode(b['images'], z, b['questions'], perturb=c)
+    assert delta.dtype == torch.float32 and x_tilde.shape == b['images'].shape
+
+
+def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
+    out = str(tmp_path / 'ug')
+    run('--init', base, '--out_dir', out, '--steps', '6', '--eps', '0.05', '--min-sim', '-1', *FAST)  # judge untrained
+    rows = metrics(out)
+    assert [r['step'] for r in rows] == [0, 2, 4, 5]
+    for r in rows:
+        assert 0 <= r['eps'] <= 0.05 and 0 <= r['buffer'] <= 50 and r['L_C'] is not None and r['asr'] is not None
+    assert rows[-1]['buffer'] > 0
+    for name in ('config.json', 'ckpt.pt', 'rank0.pt', 'adapter/adapter_config.json'):
+        assert os.path.exists(os.path.join(out, name)), name
+
+
+def test_sft_and_bf16_runs(base, tmp_path):
+    run('--init', base, '--out_dir', str(tmp_path / 'sft'), '--mode', 'sft', '--steps', '3', *FAST)
+    assert metrics(str(tmp_path / 'sft'))[-1]['L_C'] is None  # no game in SFT
+    run('--init', base, '--out_dir', str(tmp_path / 'bf16'), '--steps', '3', '--dtype', 'bfloat16', *FAST)
+    assert all(v is None or v == v for v in metrics(str(tmp_path / 'bf16'))[-1].values())  # no NaN
+
+
+def test_resume_continues_exactly(base, tmp_path):
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    run('--init', base, '--out_dir', a, '--steps', '8', *FAST)
+    run('--init', base, '--out_dir', b, '--steps', '4', *FAST)
+    run('--init', base, '--out_dir', b, '--steps', '8', '--resume', *FAST)
+    last_a, last_b = metrics(a)[-1], metrics(b)[-1]
+    last_a.pop('step_time'), last_b.pop('step_time')
+    assert last_a == last_b
+    wa = torch.load(os.path.join(a, 'ckpt.pt'), weights_only=True)
+    wb = torch.load(os.path.join(b, 'ckpt.pt'), weights_only=True)
+    for k in wa['trainable']:
+        assert torch.equal(wa['trainable'][k], wb['trainable'][k]), k
+
+
+def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
+    out = str(tmp_path / 'ddp')
+    run('--init', base, '--out_dir', out, '--steps', '4', '--min-sim', '-1', *FAST,
+        launcher=(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'))
+    r0, r1 = (torch.load(os.path.join(out, f'rank{r}.pt'), weights_only=True) for r in (0, 1))
+    assert r0['weights_sha256'] == r1['weights_sha256']
+    assert r0['buffer']['questions'] and r0['buffer']['questions'] != r1['buffer']['questions']  # own data, own B
+
+
+@pytest.mark.parametrize('flags, named', [
+    (['--gen-lr', '-1'], '--gen-lr'), (['--eps', '0'], '--eps'), (['--updates', '0:1'], '--updates'),
+    (['--backbone', 'tiny-tyo'], '--backbone'), (['--init', 'no/such/dir'], '--init'),
+    (['--hard-quantile', '1.5'], '--hard-quantile'), (['--resume', '--out_dir', 'no/such/run'], '--resume')])
+def test_bad_flags_fail_naming_the_flag(flags, named):
+    r = run(*flags, ok=False)
+    assert named in r.stderr
+
+
+def test_resume_from_another_backbone_fails(base, tmp_path):
+    out = str(tmp_path / 'other')
+    run('--init', base, '--out_dir', out, '--steps', '2', *FAST)
+    path = os.path.join(out, 'ckpt.pt')
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, 'backbone': 'janus-pro-7b'}, path)
+    r = run('--init', base, '--out_dir', out, '--steps', '4', '--resume', *FAST, ok=False)
+    assert 'janus-pro-7b' in r.stderr and 'ckpt.pt' in r.stderr
+
+
+def test_non_finite_losses_stop_the_run_and_keep_the_checkpoint(base, tmp_path):
+    out = str(tmp_path / 'nan')
+    r = run('--init', base, '--out_dir', out, '--steps', '30', '--und-lr', '1e30', '--save-every', '1', *FAST,
+            ok=False)
+    assert 'non-finite' in r.stdout + r.stderr
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    assert ckpt['step'] < 30
