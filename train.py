@@ -164,7 +164,8 @@ train_set = data.ShapesVQA('train', args.train_size)
 if master:
     n_u, n_c = sum(q.numel() for q in u_params), sum(q.numel() for q in c_params)
     n_all = sum(q.numel() for q in umm.parameters())
-    print(f"trainable: LoRA {n_u / 1e6:.3f}M + C {n_c / 1e6:.3f}M = {100 * (n_u + n_c) / n_all:.2f}% of {n_all / 1e6:.1f}M")
+    print(f"trainable: LoRA {n_u / 1e6:.3f}M + C {n_c / 1e6:.3f}M = {100 * (n_u + n_c) / n_all:.2f}% "
+          f"of {n_all / 1e6:.1f}M")
 
 
 def batch_at(step):
@@ -329,7 +330,8 @@ try:
             if ddp:
                 dist.all_reduce(log)
             n = log[6].item() / world_size
-            row = dict(step=step, L_U=log[0].item() / world_size / n, eps=C.eps.item(),
+            eps = C.eps.item() if args.perturb == 'adversarial' else args.eps  # random noise always has norm eps
+            row = dict(step=step, L_U=log[0].item() / world_size / n, eps=eps,
                        L_C=log[1].item() / log[2].item() if log[2] > 0 else None,
                        asr=log[3].item() / log[4].item() if log[4] > 0 else None,
                        buffer=len(buffer) if buffer else 0, H_mean=buffer.mean_hardness() if buffer else None,
