@@ -32,6 +32,19 @@ def accuracy(umm, dataset, batch_size=256, transform=None) -> dict:
     return {k: right[k] / total[k] for k in total}
 
 
+def base_vs_trained(umm, size, label='trained') -> dict:
+    """Val accuracy, clean and under each OOD shift, with and without the LoRA adapter (the same base weights);
+    prints a table and returns {'base': {...}, 'trained': {...}}."""
+    sets = {'clean': data.ShapesVQA('val', size), **{s: data.ShapesVQA('val', size, shift=s) for s in data.SHIFTS}}
+    trained = {k: accuracy(umm, v)['all'] for k, v in sets.items()}
+    with umm.lm.disable_adapter():  # peft: the base model, adapters off
+        base = {k: accuracy(umm, v)['all'] for k, v in sets.items()}
+    print(f"\nval accuracy ({size} questions each)\n{'':14}{'base':>8}{label:>10}{'diff':>8}")
+    for k in sets:
+        print(f"{k:14}{base[k]:8.3f}{trained[k]:10.3f}{trained[k] - base[k]:+8.3f}")
+    return {'base': base, 'trained': trained}
+
+
 def majority_baseline(train, test) -> dict:
     """Accuracy of always answering the most common train answer of the question's family."""
     answers = defaultdict(lambda: defaultdict(int))

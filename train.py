@@ -363,19 +363,11 @@ if master:
     umm.save_trainable(os.path.join(args.out_dir, 'adapter'))
     if args.val_size > 0 and args.backbone == 'tiny-toy':
         t0 = time.time()
-        sets = {'clean': data.ShapesVQA('val', args.val_size)}
-        sets.update({s: data.ShapesVQA('val', args.val_size, shift=s) for s in data.SHIFTS})
-        umm.eval()
         with ctx:
-            trained = {k: evaluate.accuracy(umm, v)['all'] for k, v in sets.items()}
-            with umm.lm.disable_adapter():  # the same weights without LoRA: the base
-                base = {k: evaluate.accuracy(umm, v)['all'] for k, v in sets.items()}
+            table = evaluate.base_vs_trained(umm, args.val_size, label=args.mode)
         timings['eval'] = time.time() - t0
-        print(f"\nval accuracy ({args.val_size} questions each)\n{'':14}{'base':>8}{args.mode:>10}{'diff':>8}")
-        for k in sets:
-            print(f"{k:14}{base[k]:8.3f}{trained[k]:10.3f}{trained[k] - base[k]:+8.3f}")
         with open(os.path.join(args.out_dir, 'final.json'), 'w') as f:
-            json.dump(dict(base=base, trained=trained, timings=timings), f, indent=1)
+            json.dump(dict(**table, timings=timings), f, indent=1)
     print('time: ' + ', '.join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
 if ddp:
     dist.destroy_process_group()

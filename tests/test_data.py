@@ -1,7 +1,6 @@
 """Synthetic shapes data: determinism, disjoint splits, hand-checked answers, OOD shifts that keep the questions,
 and NaturalBench-style groups whose answers really flip.  Run: python -m pytest -q tests/test_data.py"""
 
-import numpy as np
 import pytest
 import torch
 
