@@ -2,18 +2,13 @@
 Synthetic shapes VQA: the small world the CPU runs learn in (a Sort-of-CLEVR for unified models).
 
 A scene is 1-5 objects (4 shapes x 6 colours) in distinct cells of a 3x3 grid, drawn on a dark background.
-With 12 px cells the image is 36x36, so a 6 px ViT patch sees each cell as exactly 2x2 tokens (the layout that
-let a tiny model learn spatial questions in ../shared/FEASIBILITY.md; 8 px patches cut objects into quarters).
-Everything is a pure function of a seed: scene i of split s is drawn from np.random.default_rng([s, 0, i]).
-
+With 12 px cells the image is 36x36, so a 6 px ViT patch sees each cell as exactly 2x2 tokens (8 px patches cut
+objects into quarters, ../shared/FEASIBILITY.md). Scene i of split s is drawn from np.random.default_rng([s, 0, i]).
 Question families are the failure modes the paper names: counting, attributes (colour / shape), spatial relations,
-existence. One oracle, `answer(scene, question)`, parses any question this module writes and answers it from the
-scene, so every answer in the data comes from one readable function that the tests check by hand.
-
-OOD shifts (the NaturalBench analogue: natural conditions never seen in training) re-draw the same test scenes with
-the same questions: `noise`, `low_contrast`, `occlusion` (a bar across the image) and `background` (an unseen colour).
-NaturalBench-style groups: two minimally different scenes x two yes/no questions whose answers flip across them;
-a group counts for G-Acc only when all four answers are right.
+existence. One oracle, `answer(scene, question)`, answers every question this module writes, from the scene.
+OOD shifts (the NaturalBench analogue) re-draw the same test scenes with the same questions: `noise`, `low_contrast`,
+`occlusion` (a bar across the image), `background` (an unseen colour). NaturalBench-style groups: two minimally
+different scenes x two yes/no questions whose answers flip across them; G-Acc needs all four answers right.
 
     python data.py --preview shapes.png           # a 3x3 grid of train scenes with their questions and answers
     python data.py --preview ood.png --split test --shift occlusion
@@ -358,22 +353,18 @@ class NaturalGroups(Dataset):
 
 
 # -----------------------------------------------------------------------------
-# a look at the data: python data.py --preview shapes.png
-
 def preview(path: str, split: str = 'train', shift: str | None = None, scale: int = 5):
     """Write a 3x3 grid of scenes, each with its question (and type) and answer under it, to a PNG."""
     from PIL import Image, ImageDraw
     ds = ShapesVQA(split, 9, shift=shift)
-    side, text_h = ds.images.shape[-1] * scale, 40
-    tile_w = max(side, 300)
+    side, text_h, tile_w = ds.images.shape[-1] * scale, 40, max(ds.images.shape[-1] * scale, 300)
     sheet = Image.new('RGB', (3 * tile_w, 3 * (side + text_h)), 'white')
-    draw = ImageDraw.Draw(sheet)
     for i in range(9):
         x, y = (i % 3) * tile_w, (i // 3) * (side + text_h)
         img = Image.fromarray(ds.images[i].permute(1, 2, 0).numpy()).resize((side, side), Image.NEAREST)
         sheet.paste(img, (x + (tile_w - side) // 2, y))
-        draw.text((x + 4, y + side + 2), f'[{ds.qtypes[i]}] {ds.questions[i]}', fill='black')
-        draw.text((x + 4, y + side + 20), f'answer: {ds.answers[i]}', fill='darkgreen')
+        ImageDraw.Draw(sheet).text((x + 4, y + side + 2), f'[{ds.qtypes[i]}] {ds.questions[i]}', fill='black')
+        ImageDraw.Draw(sheet).text((x + 4, y + side + 20), f'answer: {ds.answers[i]}', fill='darkgreen')
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     sheet.save(path)
     print(f"wrote {path} ({split}{'' if shift is None else ', shift ' + shift})")

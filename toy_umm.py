@@ -12,16 +12,23 @@ Two sizes from the same transformers / diffusers classes:
               projector, adapter and T2I head are new and need the same pretraining before post-training.
 """
 
+import contextlib
+import json
+import math
 import os
+import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from tqdm import tqdm
 from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, Siglip2VisionConfig,
                           Siglip2VisionModel)
 
 import data
+import evaluate
+from buffer import Judge
 from model import LORA_DEFAULTS, LORA_TARGETS, UMM, from_pretrained
 
 SPECIALS = ('<pad>', '<unk>', '<eos>', '<answer>', '<caption>', '<image>')
@@ -303,15 +310,6 @@ def pretrain(out_dir, steps=1300, batch_size=64, lr=1e-3, warmup=50, lambda_gen=
 
     The generation losses use the first `gen_batch` samples of each batch: decoding is the costly part on a CPU.
     """
-    import contextlib
-    import json
-    import math
-    import time
-
-    from tqdm import tqdm
-
-    import evaluate
-    from buffer import Judge
     torch.manual_seed(seed)
     ctx = ctx or contextlib.nullcontext()
     train_set, val_set = data.ShapesVQA('train', train_size), data.ShapesVQA('val', val_size)
