@@ -66,7 +66,7 @@ def _check_images(images: torch.Tensor, name: str = "images", tol: float = 1e-3)
 
 @dataclass
 class _Entry:
-    image: torch.Tensor  # uint8 (3, h, w) on CPU: 4x smaller than float32, and 50 of them stay cheap on the host
+    image: torch.Tensor  # uint8 (3, h, w) on CPU, 4x smaller than float32; or float32 tokens (N, H) in token space
     question: str
     answer: str
     hardness: float
@@ -77,10 +77,15 @@ class _Entry:
 class HardBuffer:
     """At most `capacity` entries, the highest H kept. Replay does not remove entries; harder ones push them out."""
 
-    def __init__(self, capacity: int = 50):
+    def __init__(self, capacity: int = 50, space: str = 'decoded'):
         if capacity < 1:  # "no buffer" is the caller not building one (--buffer-size 0), not an empty store
             raise ValueError(f"capacity (--buffer-size) must be >= 1, got {capacity}")
-        self.capacity = int(capacity)
+        if space not in ('decoded', 'token'):
+            raise ValueError(f"space (--space) must be 'decoded' or 'token', got {space!r}")
+        self.capacity, self.space = int(capacity), space
+        # decoded: images (3, h, w) kept as uint8; token (Table 4's embedding-only ablation): perturbed tokens
+        # z~ (N, H) kept as float32, since U then reads tokens that were never decoded
+        self.key = 'images' if space == 'decoded' else 'tokens'
         self.entries: list[_Entry] = []  # always sorted by hardness, highest first
 
     def __len__(self) -> int:
@@ -95,8 +100,12 @@ class HardBuffer:
         return self.entries[-1].hardness if self.entries else math.nan
 
     def push(self, images, questions, answers, hardness, step: int, qtypes=None) -> int:
-        """Insert candidates (images float (B, 3, h, w) in [0, 1]); returns how many survived the ranking."""
-        _check_images(images)
+        """Insert candidates (images float (B, 3, h, w) in [0, 1], or tokens (B, N, H) in token space); returns how
+        many survived the ranking."""
+        if self.space == 'decoded':
+            _check_images(images)
+        elif not (torch.is_tensor(images) and images.is_floating_point() and images.dim() == 3):
+            raise ValueError(f"a token-space buffer stores float tokens (B, N, H), got {getattr(images, 'shape', images)}")
         hs = [float(h) for h in (hardness.detach().flatten().tolist() if torch.is_tensor(hardness) else hardness)]
         qtypes = [None] * len(images) if qtypes is None else list(qtypes)
         for name, seq in (("questions", questions), ("answers", answers), ("hardness", hs), ("qtypes", qtypes)):
@@ -105,9 +114,12 @@ class HardBuffer:
         if not all(math.isfinite(h) for h in hs):
             raise ValueError(f"hardness must be finite, got {hs}")
         if self.entries and images.shape[1:] != self.entries[0].image.shape:
-            raise ValueError(f"images are {tuple(images.shape[1:])} but the buffer holds "
+            raise ValueError(f"{self.key} are {tuple(images.shape[1:])} but the buffer holds "
                              f"{tuple(self.entries[0].image.shape)}; sample() must be able to stack them")
-        pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # (B, 3, h, w)
+        if self.space == 'decoded':
+            pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # (B, 3, h, w)
+        else:
+            pixels = images.detach().float().cpu()                                               # (B, N, H)
         new = [_Entry(pixels[i].clone(), str(questions[i]), str(answers[i]), hs[i], int(step), qtypes[i])
                for i in range(len(images))]
         # Stable sort, old entries first: on a tie in H the incumbent stays; a full buffer only takes strictly harder.
@@ -134,15 +146,18 @@ class HardBuffer:
             w = ((h - h.max()) / temperature).clamp(min=-80).exp()  # (N,)
             idx = torch.multinomial(w, n, replacement=False, generator=generator).tolist()
         picked = [self.entries[i] for i in idx]
-        images = (torch.stack([e.image for e in picked]).float() / 255 if picked
-                  else torch.zeros(0, 3, 0, 0))  # (n, 3, h, w); h, w unknown while empty
-        return dict(images=images, questions=[e.question for e in picked], answers=[e.answer for e in picked],
-                    hardness=torch.tensor([e.hardness for e in picked], dtype=torch.float32),
-                    steps=torch.tensor([e.step for e in picked], dtype=torch.long), qtypes=[e.qtype for e in picked])
+        if self.space == 'token':
+            stored = torch.stack([e.image for e in picked]) if picked else torch.zeros(0, 0, 0)  # (n, N, H)
+        else:
+            stored = (torch.stack([e.image for e in picked]).float() / 255 if picked
+                      else torch.zeros(0, 3, 0, 0))  # (n, 3, h, w); h, w unknown while empty
+        return {self.key: stored, 'questions': [e.question for e in picked], 'answers': [e.answer for e in picked],
+                'hardness': torch.tensor([e.hardness for e in picked], dtype=torch.float32),
+                'steps': torch.tensor([e.step for e in picked], dtype=torch.long), 'qtypes': [e.qtype for e in picked]}
 
     def state_dict(self) -> dict:
         """Plain tensors, lists, str, int, float, None: loads with torch.load(weights_only=True)."""
-        return dict(capacity=self.capacity, images=[e.image.clone() for e in self.entries],
+        return dict(capacity=self.capacity, space=self.space, images=[e.image.clone() for e in self.entries],
                     questions=[e.question for e in self.entries], answers=[e.answer for e in self.entries],
                     hardness=[e.hardness for e in self.entries], steps=[e.step for e in self.entries],
                     qtypes=[e.qtype for e in self.entries])
@@ -150,6 +165,8 @@ class HardBuffer:
     def load_state_dict(self, sd: dict) -> None:
         if sd["capacity"] != self.capacity:
             raise ValueError(f"capacity mismatch: checkpoint buffer has {sd['capacity']}, this one {self.capacity}")
+        if sd.get("space", "decoded") != self.space:
+            raise ValueError(f"space mismatch: checkpoint buffer holds {sd.get('space', 'decoded')}, this one {self.space}")
         fields = ("images", "questions", "answers", "hardness", "steps", "qtypes")
         if len({len(sd[k]) for k in fields}) != 1 or len(sd["images"]) > self.capacity:
             raise ValueError(f"corrupt buffer state: lengths {[len(sd[k]) for k in fields]}, capacity {self.capacity}")

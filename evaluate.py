@@ -6,6 +6,7 @@ Measurement: how well a UMM answers, on clean data, under OOD shifts, and on its
 
 import argparse
 import json
+import os
 from collections import defaultdict
 
 import torch
@@ -45,6 +46,31 @@ def base_vs_trained(umm, size, label='trained') -> dict:
     return {'base': base, 'trained': trained}
 
 
+@torch.no_grad()
+def t2i_ranking(umm, judge, dataset, batch_size=256) -> float:
+    """Share of captions whose text-to-image picture the judge finds closer to the captioned scene than to another
+    scene (the next one in the split, which is a random draw): image-image cosine in the judge's embedding."""
+    wins = []
+    for start in range(0, len(dataset), batch_size):
+        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        generated, x = umm.generate(batch['captions']), batch['images']
+        wins.append(judge.image_image_similarity(generated, x) > judge.image_image_similarity(generated, x.roll(1, 0)))
+    return torch.cat(wins).float().mean().item()
+
+
+@torch.no_grad()
+def save_reconstructions(umm, dataset, path, n=8, scale=4):
+    """A picture: n originals (top row) over their reconstructions G(Enc(x)) (middle) and T2I from their captions
+    (bottom), each scaled up `scale` times."""
+    from PIL import Image
+    batch = data.collate([dataset[i] for i in range(n)])
+    x = batch['images']
+    rows = [x, umm.render(umm.encode(x)), umm.generate(batch['captions'])]
+    grid = torch.cat([torch.cat(list(r.clamp(0, 1)), 2) for r in rows], 1)          # (3, 3 s, n s)
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype('uint8')
+    Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST).save(path)
+
+
 def majority_baseline(train, test) -> dict:
     """Accuracy of always answering the most common train answer of the question's family."""
     answers = defaultdict(lambda: defaultdict(int))
@@ -65,12 +91,21 @@ if __name__ == '__main__':
     parser.add_argument('--ckpt', required=True, help='a pretrain output dir (holding base.pt)')
     parser.add_argument('--split', default='test', choices=list(data.SPLITS), help='which split to score')
     parser.add_argument('--size', type=int, default=2000, help='questions per split and per shift')
+    parser.add_argument('--picture', default=None,
+                        help='save originals over reconstructions over T2I(caption) to this PNG')
     args = parser.parse_args()
     umm = model.load_backbone('tiny-toy', init=args.ckpt)
     clean = data.ShapesVQA(args.split, args.size)
     result = {'clean': accuracy(umm, clean),
               'majority': majority_baseline(data.ShapesVQA('train', 20000), clean),
               'reread': accuracy(umm, clean, transform=lambda x: umm.render(umm.encode(x)))}
+    judge_path = os.path.join(args.ckpt, 'judge.pt')
+    if os.path.isfile(judge_path):
+        from buffer import Judge
+        result['t2i_ranking'] = t2i_ranking(umm, Judge.load(judge_path), clean)
+    if args.picture:
+        save_reconstructions(umm, clean, args.picture)
+        print(f"wrote {args.picture}: originals / reconstructions / T2I from their captions")
     for shift in data.SHIFTS:
         result[shift] = accuracy(umm, data.ShapesVQA(args.split, args.size, shift=shift))['all']
     print(json.dumps(result, indent=1))

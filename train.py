@@ -38,6 +38,11 @@ p.add_argument('--mode', default='unigame', choices=['pretrain', 'sft', 'unigame
                help='pretrain: the toy base (Eq. 3); sft: clean CE on the LoRA; unigame: Algorithm 1')
 p.add_argument('--init', default='out/base', help='tiny-toy base checkpoint dir (the default one is built if missing)')
 p.add_argument('--out_dir', '--out-dir', default=None, help='run directory (default: out/<mode>)')
+p.add_argument('--decode', default='regen', choices=['regen', 't2i'],
+               help="Janus candidates: regen (x's VQ codes re-predicted in one teacher-forced pass, delta on the image "
+                    "states) or t2i (autoregressive text-to-image from the question, delta on each fed-back code)")
+p.add_argument('--gen-temperature', type=float, default=None,
+               help='Janus image-code sampling temperature; 0 = argmax (default: 0 for regen, 1 for t2i)')
 # LoRA
 p.add_argument('--lora-r', type=int, default=model.LORA_DEFAULTS['r'], help='LoRA rank (the paper gives none)')
 p.add_argument('--lora-alpha', type=float, default=model.LORA_DEFAULTS['alpha'], help='LoRA alpha')
@@ -52,6 +57,9 @@ p.add_argument('--attack', default='token', choices=['token', 'decoded'],
 p.add_argument('--perturb', default='adversarial', choices=['adversarial', 'random'],
                help='random: delta is noise of norm eps (Table 4 ablation), C is not trained')
 p.add_argument('--updates', default='1:1', help='G:U update ratio: C steps per U steps, e.g. 1:1, 1:5, 1:10')
+p.add_argument('--space', default='decoded', choices=['decoded', 'token'],
+               help="where hard samples live: decoded images G(z + delta) (UniGame) or the perturbed tokens z + delta "
+                    "themselves (Table 4's embedding-only ablation; --filter cosine compares tokens)")
 # buffer
 p.add_argument('--buffer-size', type=int, default=50, help='capacity of B (paper: 50); 0 = no buffer (ablation)')
 p.add_argument('--mine-every', type=int, default=1, help='mine candidates every m steps (Algorithm 1, line 9)')
@@ -103,10 +111,14 @@ try:
     assert g_updates >= 1 and u_updates >= 1
 except (ValueError, AssertionError):
     fail('--updates', f"must be G:U with integers >= 1 (e.g. 1:5), got {args.updates!r}")
+if args.space == 'token' and args.filter == 'clip':
+    fail('--filter', "clip needs decoded images; with --space token use --filter cosine (token cosine) or none")
 if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
     fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
-if args.backbone not in model.BACKBONES:
-    fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(model.BACKBONES)}")
+if args.backbone not in model.BACKBONES and not model.is_checkpoint_name(args.backbone):
+    fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(model.BACKBONES)}, or a Janus hub id or local dir")
+if args.gen_temperature is not None and not args.gen_temperature >= 0:
+    fail('--gen-temperature', f"must be >= 0, got {args.gen_temperature}")
 
 # DDP from torchrun's environment; the single-process branch defines the same names
 ddp = int(os.environ.get('RANK', -1)) != -1
@@ -148,13 +160,14 @@ elif args.mode == 'pretrain':
 # -----------------------------------------------------------------------------
 # the UMM with LoRA on U, the perturber C, the judge, the buffer B, one optimizer each for U and C
 torch.manual_seed(args.seed)  # same init on every rank: trainable weights start (and stay) identical
-umm = model.load_backbone(args.backbone, init=args.init or None).to(device)
+umm = model.load_backbone(args.backbone, init=args.init or None, dtype=ptdtype, decode=args.decode,
+                          gen_temperature=args.gen_temperature).to(device)
 umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout).train()
 C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
 unigame = args.mode == 'unigame'
-judge = Judge.load(os.path.join(args.init, 'judge.pt'), map_location=device) if unigame and args.filter != 'none' \
-    else None
-buffer = HardBuffer(args.buffer_size) if unigame and args.buffer_size > 0 else None
+judge = Judge.load(os.path.join(args.init, 'judge.pt'), map_location=device) \
+    if unigame and args.filter != 'none' and args.space == 'decoded' else None
+buffer = HardBuffer(args.buffer_size, space=args.space) if unigame and args.buffer_size > 0 else None
 u_params, c_params = umm.understanding_parameters(), list(C.parameters())
 opt_u = torch.optim.AdamW(u_params, lr=args.und_lr, weight_decay=0.0)
 opt_c = torch.optim.AdamW(c_params, lr=args.gen_lr, weight_decay=0.0)
@@ -284,11 +297,18 @@ try:
         if buffer is not None and step % args.mine_every == 0:
             umm.eval()  # score candidates without LoRA dropout (and without spending the RNG that training uses)
             with torch.no_grad(), ctx:
-                x_tilde, _ = umm.decode(x, z, q, perturb=C if args.perturb == 'adversarial' else noise)
-                z_tilde = umm.encode(x_tilde)                       # re-encode the candidates: U reads images
+                perturb = C if args.perturb == 'adversarial' else noise
+                if args.space == 'decoded':
+                    x_tilde, _ = umm.decode(x, z, q, perturb=perturb)
+                    z_tilde = umm.encode(x_tilde)                   # re-encode the candidates: U reads images
+                else:                                               # embedding-only: the tokens are the sample
+                    z_tilde = z.float() + perturb(z.float())
+                    x_tilde = z_tilde
                 ce = umm.understand_loss(z_tilde, q, a).float()     # (B,)
                 if args.filter == 'clip':                           # does the candidate still show the caption?
                     sim = judge.image_text_similarity(x_tilde, b['captions'])
+                elif args.filter == 'cosine' and args.space == 'token':  # token drift, mean over tokens
+                    sim = torch.nn.functional.cosine_similarity(z_tilde, z.float(), dim=-1).mean(1)
                 elif args.filter == 'cosine':                       # is it still close to the original?
                     sim = judge.image_image_similarity(x_tilde, x)
                 else:
@@ -308,7 +328,7 @@ try:
             if buffer is not None and len(buffer) > 0:
                 s = buffer.sample(args.replay, generator=buffer_rng)
                 with torch.no_grad():
-                    z_hard = umm.encode(s['images'].to(device))
+                    z_hard = umm.encode(s['images'].to(device)) if args.space == 'decoded' else s['tokens'].to(device)
                 l_u = l_u + args.beta * umm.understand_loss(z_hard, s['questions'], s['answers']).mean()
         finite = torch.isfinite(l_u.detach()).float()
         if ddp:  # every rank must take (or skip) the update together

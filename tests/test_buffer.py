@@ -250,3 +250,22 @@ def test_from_pretrained_missing_file_names_path(tmp_path):
     missing = str(tmp_path / "no_such_clip.bin")
     with pytest.raises(FileNotFoundError, match="no_such_clip.bin"):
         Judge.from_pretrained("ViT-B-32", missing)
+
+
+def test_token_space_buffer_keeps_float_tokens_and_round_trips():
+    """Table 4's embedding-only ablation stores perturbed tokens, not images: exact floats, ranked by H."""
+    buf = HardBuffer(2, space='token')
+    z = torch.randn(3, 5, 8)
+    assert buf.push(z, ["a", "b", "c"], ["x", "y", "z"], [1.0, 3.0, 2.0], step=0) == 2
+    out = buf.sample(2, generator=torch.Generator().manual_seed(0))
+    assert "images" not in out and out["tokens"].shape == (2, 5, 8)
+    by_q = dict(zip(out["questions"], out["tokens"]))
+    assert set(by_q) == {"b", "c"} and torch.equal(by_q["b"], z[1]) and torch.equal(by_q["c"], z[2])
+    with pytest.raises(ValueError, match="tokens"):
+        buf.push(torch.rand(1, 3, 4, 4), ["d"], ["w"], [9.0], step=1)  # an image is not (B, N, H)
+    other = HardBuffer(2)
+    with pytest.raises(ValueError, match="space"):
+        other.load_state_dict(buf.state_dict())
+    again = HardBuffer(2, space='token')
+    again.load_state_dict(buf.state_dict())
+    assert torch.equal(again.sample(2)["tokens"].sum(0), out["tokens"].sum(0))

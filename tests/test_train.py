@@ -106,6 +106,16 @@ def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
         assert os.path.exists(os.path.join(out, name)), name
 
 
+def test_token_space_ablation_buffers_perturbed_tokens(base, tmp_path):
+    """Table 4's embedding-only rows: B holds z + delta itself (float tokens), filtered by token cosine."""
+    out = str(tmp_path / 'tok')
+    run('--init', base, '--out_dir', out, '--steps', '4', '--space', 'token', '--filter', 'cosine', '--min-sim', '0.5',
+        *FAST)
+    buf = torch.load(os.path.join(out, 'rank0.pt'), weights_only=True)['buffer']
+    assert buf['space'] == 'token' and buf['images']
+    assert all(t.dtype == torch.float32 and t.shape == (36, 128) for t in buf['images'])
+
+
 def test_sft_and_bf16_runs(base, tmp_path):
     run('--init', base, '--out_dir', str(tmp_path / 'sft'), '--mode', 'sft', '--steps', '3', *FAST)
     assert metrics(str(tmp_path / 'sft'))[-1]['L_C'] is None  # no game in SFT
@@ -139,7 +149,7 @@ def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
 @pytest.mark.parametrize('flags, named', [
     (['--gen-lr', '-1'], '--gen-lr'), (['--eps', '0'], '--eps'), (['--updates', '0:1'], '--updates'),
     (['--backbone', 'tiny-tyo'], '--backbone'), (['--init', 'no/such/dir'], '--init'),
-    (['--hard-quantile', '1.5'], '--hard-quantile'), (['--resume', '--out_dir', 'no/such/run'], '--resume')])
+    (['--hard-quantile', '1.5'], '--hard-quantile'), (['--space', 'token', '--filter', 'clip'], '--filter'), (['--resume', '--out_dir', 'no/such/run'], '--resume')])
 def test_bad_flags_fail_naming_the_flag(flags, named):
     r = run(*flags, ok=False)
     assert named in r.stderr
