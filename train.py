@@ -116,7 +116,7 @@ if args.space == 'token' and args.filter == 'clip':
 if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
     fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
 if args.backbone not in model.BACKBONES and not model.is_checkpoint_name(args.backbone):
-    fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(model.BACKBONES)}, or a Janus hub id or local dir")
+    fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(model.BACKBONES)}, a Janus hub id or dir")
 if args.gen_temperature is not None and not args.gen_temperature >= 0:
     fail('--gen-temperature', f"must be >= 0, got {args.gen_temperature}")
 
@@ -324,12 +324,14 @@ try:
 
         # 3. understand step (lines 12-15): L_U = CE(clean) + beta * CE(hard samples from B) (Eq. 6)
         with ctx:
-            l_u = umm.understand_loss(z, q, a).mean()
-            if buffer is not None and len(buffer) > 0:
+            if buffer is not None and len(buffer) > 0:              # clean and replayed rows in one LM call
                 s = buffer.sample(args.replay, generator=buffer_rng)
                 with torch.no_grad():
                     z_hard = umm.encode(s['images'].to(device)) if args.space == 'decoded' else s['tokens'].to(device)
-                l_u = l_u + args.beta * umm.understand_loss(z_hard, s['questions'], s['answers']).mean()
+                ce = umm.understand_loss(torch.cat([z, z_hard.to(z.dtype)]), q + s['questions'], a + s['answers'])
+                l_u = ce[:len(q)].mean() + args.beta * ce[len(q):].mean()
+            else:
+                l_u = umm.understand_loss(z, q, a).mean()
         finite = torch.isfinite(l_u.detach()).float()
         if ddp:  # every rank must take (or skip) the update together
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
