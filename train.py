@@ -65,6 +65,9 @@ p.add_argument('--buffer-size', type=int, default=50, help='capacity of B (paper
 p.add_argument('--mine-every', type=int, default=1, help='mine candidates every m steps (Algorithm 1, line 9)')
 p.add_argument('--filter', default='clip', choices=['clip', 'cosine', 'none'],
                help='semantic filter: judge text-image (clip), candidate-original image cosine, or none')
+p.add_argument('--judge', default=None,
+               help="the filter's CLIP: a judge.pt (default: <init>/judge.pt, the toy's) or an open_clip "
+                    "MODEL:LOCAL_FILE, e.g. ViT-B-32:/weights/open_clip_vit_b32.bin (real backbones)")
 p.add_argument('--min-sim', type=float, default=0.6, help='drop candidates whose similarity is below this')
 p.add_argument('--clip-tau', type=float, default=0.6, help="hinge threshold tau in H = CE + lam_clip*max(0, tau - s)")
 p.add_argument('--clip-lambda', type=float, default=1.0, help='weight of the hinge in H')
@@ -165,8 +168,15 @@ umm = model.load_backbone(args.backbone, init=args.init or None, dtype=ptdtype, 
 umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout).train()
 C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
 unigame = args.mode == 'unigame'
-judge = Judge.load(os.path.join(args.init, 'judge.pt'), map_location=device) \
-    if unigame and args.filter != 'none' and args.space == 'decoded' else None
+judge = None
+if unigame and args.filter != 'none' and args.space == 'decoded':  # the semantic filter's CLIP
+    path = args.judge or os.path.join(args.init, 'judge.pt')
+    if os.path.isfile(path):
+        judge = Judge.load(path, map_location=device)
+    elif ':' in path and os.path.isfile(path.split(':', 1)[1]):
+        judge = Judge.from_pretrained(*path.split(':', 1)).to(device)
+    else:
+        fail('--judge', f"no judge at {path!r}; pass a judge.pt, an open_clip MODEL:LOCAL_FILE, or --filter none")
 buffer = HardBuffer(args.buffer_size, space=args.space) if unigame and args.buffer_size > 0 else None
 u_params, c_params = umm.understanding_parameters(), list(C.parameters())
 opt_u = torch.optim.AdamW(u_params, lr=args.und_lr, weight_decay=0.0)
