@@ -105,7 +105,8 @@ class HardBuffer:
         if self.space == 'decoded':
             _check_images(images)
         elif not (torch.is_tensor(images) and images.is_floating_point() and images.dim() == 3):
-            raise ValueError(f"a token-space buffer stores float tokens (B, N, H), got {getattr(images, 'shape', images)}")
+            raise ValueError(f"a token-space buffer stores float tokens (B, N, H), "
+                             f"got {getattr(images, 'shape', images)}")
         hs = [float(h) for h in (hardness.detach().flatten().tolist() if torch.is_tensor(hardness) else hardness)]
         qtypes = [None] * len(images) if qtypes is None else list(qtypes)
         for name, seq in (("questions", questions), ("answers", answers), ("hardness", hs), ("qtypes", qtypes)):
@@ -166,7 +167,8 @@ class HardBuffer:
         if sd["capacity"] != self.capacity:
             raise ValueError(f"capacity mismatch: checkpoint buffer has {sd['capacity']}, this one {self.capacity}")
         if sd.get("space", "decoded") != self.space:
-            raise ValueError(f"space mismatch: checkpoint buffer holds {sd.get('space', 'decoded')}, this one {self.space}")
+            raise ValueError(f"space mismatch: checkpoint buffer holds {sd.get('space', 'decoded')}, "
+                             f"this one {self.space}")
         fields = ("images", "questions", "answers", "hardness", "steps", "qtypes")
         if len({len(sd[k]) for k in fields}) != 1 or len(sd["images"]) > self.capacity:
             raise ValueError(f"corrupt buffer state: lengths {[len(sd[k]) for k in fields]}, capacity {self.capacity}")

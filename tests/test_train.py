@@ -150,7 +150,8 @@ def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     (['--gen-lr', '-1'], '--gen-lr'), (['--eps', '0'], '--eps'), (['--updates', '0:1'], '--updates'),
     (['--backbone', 'tiny-tyo'], '--backbone'), (['--init', 'no/such/dir'], '--init'),
     (['--hard-quantile', '1.5'], '--hard-quantile'), (['--space', 'token', '--filter', 'clip'], '--filter'),
-    (['--backbone', 'tiny-janus', '--init', 'no/such/dir', '--steps', '1'], '--judge'), (['--resume', '--out_dir', 'no/such/run'], '--resume')])
+    (['--backbone', 'tiny-janus', '--init', 'no/such/dir', '--steps', '1'], '--judge'),
+    (['--resume', '--out_dir', 'no/such/run'], '--resume')])
 def test_bad_flags_fail_naming_the_flag(flags, named):
     r = run(*flags, ok=False)
     assert named in r.stderr
