@@ -85,15 +85,38 @@ def majority_baseline(train, test) -> dict:
     return {k: right[k] / total[k] for k in total}
 
 
+def step_cost(run_dirs) -> dict:
+    """Mean `step_time` of each run's metrics.jsonl (the first line, step 0, is warm-up and left out), and its ratio
+    to the first run's: `python evaluate.py --step-cost out/cost_sft out/cost_unigame`."""
+    means = {}
+    for d in run_dirs:
+        with open(os.path.join(d, 'metrics.jsonl')) as f:
+            rows = [json.loads(line) for line in f][1:]
+        if not rows:
+            raise ValueError(f"{d}/metrics.jsonl has no line after step 0; run more steps")
+        means[d] = sum(r['step_time'] for r in rows) / len(rows)
+    first = means[run_dirs[0]]
+    for d, m in means.items():
+        print(f"{d:40} {1000 * m:8.1f} ms/step {m / first:6.2f}x")
+    return means
+
+
 if __name__ == '__main__':
     import model
     parser = argparse.ArgumentParser(description='Evaluate tiny-toy checkpoints on the synthetic shapes suite.')
-    parser.add_argument('--ckpt', required=True, help='a pretrain output dir (holding base.pt)')
+    parser.add_argument('--ckpt', help='a pretrain output dir (holding base.pt)')
+    parser.add_argument('--step-cost', nargs='+', metavar='RUN_DIR',
+                        help='instead: mean step time of train.py runs, and each one relative to the first')
     parser.add_argument('--split', default='test', choices=list(data.SPLITS), help='which split to score')
     parser.add_argument('--size', type=int, default=2000, help='questions per split and per shift')
     parser.add_argument('--picture', default=None,
                         help='save originals over reconstructions over T2I(caption) to this PNG')
     args = parser.parse_args()
+    if args.step_cost:
+        step_cost(args.step_cost)
+        raise SystemExit(0)
+    if not args.ckpt:
+        parser.error('--ckpt is required (or --step-cost RUN_DIR ...)')
     umm = model.load_backbone('tiny-toy', init=args.ckpt)
     clean = data.ShapesVQA(args.split, args.size)
     result = {'clean': accuracy(umm, clean),
