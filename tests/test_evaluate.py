@@ -41,3 +41,14 @@ def test_reconstruction_picture_has_three_rows(tmp_path):
     assert picture.size == (4 * 36 * 2, 3 * 36 * 2)
     top = torch.tensor(list(picture.getdata())).view(3 * 72, 4 * 72, 3)[:72:2, :72:2].permute(2, 0, 1) / 255
     assert torch.allclose(top, ds[0]['image'], atol=1 / 255)
+
+
+def test_step_cost_leaves_out_step_zero_and_divides_by_the_first_run(tmp_path, capsys):
+    import json
+    for name, times in (('sft', [9.0, 0.10, 0.20]), ('ug', [9.0, 0.30, 0.30])):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / 'metrics.jsonl', 'w') as f:
+            f.writelines(json.dumps({'step': i, 'step_time': t}) + '\n' for i, t in enumerate(times))
+    means = evaluate.step_cost([str(tmp_path / 'sft'), str(tmp_path / 'ug')])
+    assert abs(means[str(tmp_path / 'sft')] - 0.15) < 1e-9 and abs(means[str(tmp_path / 'ug')] - 0.30) < 1e-9
+    assert '2.00x' in capsys.readouterr().out
