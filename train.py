@@ -62,6 +62,8 @@ p.add_argument('--space', default='decoded', choices=['decoded', 'token'],
                     "themselves (Table 4's embedding-only ablation; --filter cosine compares tokens)")
 # buffer
 p.add_argument('--buffer-size', type=int, default=50, help='capacity of B (paper: 50); 0 = no buffer (ablation)')
+p.add_argument('--candidates', type=int, default=1,
+               help='K candidates decoded per sample when mining; K > 1 needs a sampling decoder or --perturb random')
 p.add_argument('--mine-every', type=int, default=1, help='mine candidates every m steps (Algorithm 1, line 9)')
 p.add_argument('--filter', default='clip', choices=['clip', 'cosine', 'none'],
                help='semantic filter: judge text-image (clip), candidate-original image cosine, or none')
@@ -102,7 +104,8 @@ def fail(flag, message):
 for flag in ('gen_lr', 'und_lr', 'eps'):
     if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
         fail('--' + flag.replace('_', '-'), f"must be a finite number > 0, got {getattr(args, flag)}")
-for flag in ('steps', 'batch_size', 'train_size', 'mine_every', 'log_every', 'save_every', 'pretrain_steps', 'lora_r'):
+for flag in ('steps', 'batch_size', 'train_size', 'candidates', 'mine_every', 'log_every', 'save_every',
+             'pretrain_steps', 'lora_r'):
     if getattr(args, flag) < 1:
         fail('--' + flag.replace('_', '-'), f"must be >= 1, got {getattr(args, flag)}")
 if args.buffer_size < 0 or args.replay < 0 or args.beta < 0 or args.lam < 0:
@@ -116,6 +119,14 @@ except (ValueError, AssertionError):
     fail('--updates', f"must be G:U with integers >= 1 (e.g. 1:5), got {args.updates!r}")
 if args.space == 'token' and args.filter == 'clip':
     fail('--filter', "clip needs decoded images; with --space token use --filter cosine (token cosine) or none")
+# K > 1 candidates of a sample differ only if something samples: the noise, or the decoder (Janus at a temperature
+# > 0: --gen-temperature, default 1 for t2i and 0 for regen; the toy decoder never samples)
+sampling = args.backbone not in ('tiny-toy', 'toy') and args.space == 'decoded' and \
+    (args.gen_temperature if args.gen_temperature is not None else float(args.decode == 't2i')) > 0
+if args.candidates > 1 and args.perturb == 'adversarial' and not sampling:
+    fail('--candidates', f"K = {args.candidates} would give identical candidates: C and this decoder are "
+                         f"deterministic; use a sampling decoder (Janus --gen-temperature > 0 or --decode t2i) "
+                         f"or --perturb random")
 if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
     fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
 if args.backbone not in model.BACKBONES and not model.is_checkpoint_name(args.backbone):
@@ -307,30 +318,33 @@ try:
         if buffer is not None and step % args.mine_every == 0:
             umm.eval()  # score candidates without LoRA dropout (and without spending the RNG that training uses)
             with torch.no_grad(), ctx:
+                K = args.candidates                                 # candidate k of sample i sits at row i*K + k
+                xk, zk = x.repeat_interleave(K, 0), z.repeat_interleave(K, 0)                  # (B*K, ...)
+                qk, ak, ck, tk = ([v for v in seq for _ in range(K)] for seq in (q, a, b['captions'], b['qtypes']))
                 perturb = C if args.perturb == 'adversarial' else noise
                 if args.space == 'decoded':
-                    x_tilde, _ = umm.decode(x, z, q, perturb=perturb)
+                    x_tilde, _ = umm.decode(xk, zk, qk, perturb=perturb)
                     z_tilde = umm.encode(x_tilde)                   # re-encode the candidates: U reads images
                 else:                                               # embedding-only: the tokens are the sample
-                    z_tilde = z.float() + perturb(z.float())
+                    z_tilde = zk.float() + perturb(zk.float())
                     x_tilde = z_tilde
-                ce = umm.understand_loss(z_tilde, q, a).float()     # (B,)
+                ce = umm.understand_loss(z_tilde, qk, ak).float()   # (B*K,)
                 if args.filter == 'clip':                           # does the candidate still show the caption?
-                    sim = judge.image_text_similarity(x_tilde, b['captions'])
+                    sim = judge.image_text_similarity(x_tilde, ck)
                 elif args.filter == 'cosine' and args.space == 'token':  # token drift, mean over tokens
-                    sim = torch.nn.functional.cosine_similarity(z_tilde, z.float(), dim=-1).mean(1)
+                    sim = torch.nn.functional.cosine_similarity(z_tilde, zk.float(), dim=-1).mean(1)
                 elif args.filter == 'cosine':                       # is it still close to the original?
-                    sim = judge.image_image_similarity(x_tilde, x)
+                    sim = judge.image_image_similarity(x_tilde, xk)
                 else:
                     sim = None
                 h = hardness(ce, sim, args.clip_tau, args.clip_lambda)
                 keep = select_hard(h, sim, args.min_sim, args.hard_quantile).nonzero().flatten().tolist()
                 if step % args.log_every == 0 or last_step:         # attack success rate: U answers wrong
-                    wrong = [p_ != a_ for p_, a_ in zip(umm.answer(z_tilde, q), a)]
+                    wrong = [p_ != a_ for p_, a_ in zip(umm.answer(z_tilde, qk), ak)]
                     log[3:5] += torch.tensor([sum(wrong), len(wrong)], dtype=torch.float, device=device)
             umm.train()
-            buffer.push(x_tilde[keep].float(), [q[i] for i in keep], [a[i] for i in keep], h[keep], step,
-                        qtypes=[b['qtypes'][i] for i in keep])
+            buffer.push(x_tilde[keep].float(), [qk[i] for i in keep], [ak[i] for i in keep], h[keep], step,
+                        qtypes=[tk[i] for i in keep])
 
         # 3. understand step (lines 12-15): L_U = CE(clean) + beta * CE(hard samples from B) (Eq. 6)
         with ctx:

@@ -116,6 +116,17 @@ def test_token_space_ablation_buffers_perturbed_tokens(base, tmp_path):
     assert all(t.dtype == torch.float32 and t.shape == (36, 128) for t in buf['images'])
 
 
+def test_k_candidates_per_sample_are_mined(base, tmp_path):
+    """--candidates 2 with random noise: each sample's two candidates differ, all 2B are scored and can be kept."""
+    out = str(tmp_path / 'k2')
+    run('--init', base, '--out_dir', out, '--steps', '1', '--candidates', '2', '--perturb', 'random', '--eps', '0.5',
+        '--filter', 'none', '--hard-quantile', '0.01', '--buffer-size', '50', *FAST)
+    buf = torch.load(os.path.join(out, 'rank0.pt'), weights_only=True)['buffer']
+    assert len(buf['questions']) > 8  # more than the batch of 8: several candidates per sample were kept
+    images = torch.stack(buf['images']).flatten(1)
+    assert len(torch.unique(images, dim=0)) == len(images)  # and no two of them are the same picture
+
+
 def test_sft_and_bf16_runs(base, tmp_path):
     run('--init', base, '--out_dir', str(tmp_path / 'sft'), '--mode', 'sft', '--steps', '3', *FAST)
     assert metrics(str(tmp_path / 'sft'))[-1]['L_C'] is None  # no game in SFT
@@ -151,6 +162,7 @@ def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     (['--backbone', 'tiny-tyo'], '--backbone'), (['--init', 'no/such/dir'], '--init'),
     (['--hard-quantile', '1.5'], '--hard-quantile'), (['--space', 'token', '--filter', 'clip'], '--filter'),
     (['--backbone', 'tiny-janus', '--init', 'no/such/dir', '--steps', '1'], '--judge'),
+    (['--candidates', '2'], '--candidates'), (['--candidates', '0'], '--candidates'),
     (['--resume', '--out_dir', 'no/such/run'], '--resume')])
 def test_bad_flags_fail_naming_the_flag(flags, named):
     r = run(*flags, ok=False)
