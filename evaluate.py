@@ -1,17 +1,39 @@
 """
-Measurement: how well a UMM answers, on clean data, under OOD shifts, and on its own re-generations.
+Measurement: how well a UMM answers, on clean data, under OOD shifts, under attack, and on its own re-generations.
 
-    python evaluate.py --ckpt out/base            # the toy suite for a checkpoint (more of it lands with issue 6)
+    python evaluate.py --ckpt out/base --ckpt out/sft --ckpt out/unigame --json out/suite.json   # the toy suite
+    python evaluate.py --plot out/unigame          # eps, L_U vs L_C, buffer curves and a buffer gallery -> plots/
+    python evaluate.py --step-cost out/cost_sft out/cost_unigame      # step time of runs relative to the first
+
+A --ckpt DIR is a pretrain base (base.pt) or a train.py run (config.json + adapter/). Per model the suite reports
+test accuracy (overall and per question family), each OOD shift, NaturalBench-style Q/I/G-Acc, PGD accuracy on
+pixels, the re-reading of G(Enc(x)), the T2I judge ranking and the caption -> regenerate consistency, side by side.
+Two tiny-toy checkpoints at the default sizes take about 2 minutes on 2 CPU cores (110 s measured, machine idle).
 """
 
 import argparse
 import json
 import os
+import textwrap
+import time
 from collections import defaultdict
+from fractions import Fraction
 
 import torch
+import torch.nn.functional as F
 
 import data
+import scorers
+
+
+def _ordered(right, total) -> dict:
+    """Shares right / total keyed 'all' first, then the question families in data.QTYPES order."""
+    return {k: right[k] / total[k] for k in sorted(total, key=lambda k: ('all', *data.QTYPES).index(k))}
+
+
+def _batches(dataset, batch_size):
+    for start in range(0, len(dataset), batch_size):
+        yield data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
 
 
 @torch.no_grad()
@@ -21,8 +43,7 @@ def accuracy(umm, dataset, batch_size=256, transform=None) -> dict:
     was_training = umm.training
     umm.eval()
     right, total = defaultdict(int), defaultdict(int)
-    for start in range(0, len(dataset), batch_size):
-        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    for batch in _batches(dataset, batch_size):
         images = batch['images'] if transform is None else transform(batch['images'])
         predictions = umm.answer(umm.encode(images), batch['questions'])
         for p, a, t in zip(predictions, batch['answers'], batch['qtypes']):
@@ -30,7 +51,7 @@ def accuracy(umm, dataset, batch_size=256, transform=None) -> dict:
                 right[key] += p == a
                 total[key] += 1
     umm.train(was_training)
-    return {k: right[k] / total[k] for k in total}
+    return _ordered(right, total)
 
 
 def base_vs_trained(umm, size, label='trained') -> dict:
@@ -46,13 +67,90 @@ def base_vs_trained(umm, size, label='trained') -> dict:
     return {'base': base, 'trained': trained}
 
 
+# -----------------------------------------------------------------------------
+# robustness: PGD on pixels against U, and NaturalBench-style groups
+
+def pgd_attack(umm, images, questions, answers, eps=8 / 255, steps=10, step_size=2 / 255):
+    """L-inf PGD (Madry et al., no random start, so it is deterministic) on the pixels: `steps` signed-gradient ascent
+    steps of `step_size` on the per-sample understand_loss through encode, projected on the eps-ball around `images`
+    and on [0, 1]. Call with the model in eval mode (LoRA dropout off). Returns (B, 3, s, s)."""
+    x_adv = images.clone()
+    with torch.enable_grad():
+        for _ in range(steps if eps > 0 else 0):
+            x_adv.requires_grad_(True)
+            # the sum of per-sample losses: samples do not interact, so each image gets its own sample's gradient
+            loss = umm.understand_loss(umm.encode(x_adv), questions, answers).sum()
+            grad, = torch.autograd.grad(loss, x_adv)                                # no weight gradients kept
+            x_adv = x_adv.detach() + step_size * grad.sign()
+            x_adv = (images + (x_adv - images).clamp(-eps, eps)).clamp(0, 1)      # (B, 3, s, s)
+    return x_adv.detach()
+
+
+def pgd_accuracy(umm, dataset, eps=8 / 255, steps=10, step_size=2 / 255, batch_size=100) -> float:
+    """Adversarial accuracy: the share answered right both on the clean image and after the attack. The attacker may
+    always leave x unchanged, so a sample counts only if it is right on both (as AutoAttack counts it); this can never
+    exceed clean accuracy, and equals it at eps = 0."""
+    right = 0
+    for b in _batches(dataset, batch_size):
+        x, q, a = b['images'], b['questions'], b['answers']
+        x_adv = pgd_attack(umm, x, q, a, eps, steps, step_size)
+        with torch.no_grad():
+            clean, attacked = umm.answer(umm.encode(x), q), umm.answer(umm.encode(x_adv), q)
+        right += sum(c == t and d == t for c, d, t in zip(clean, attacked, a))
+    return right / len(dataset)
+
+
+@torch.no_grad()
+def natural_scores(umm, groups, batch_size=256) -> dict:
+    """NaturalBench's Acc, Q-Acc, I-Acc and G-Acc on data.NaturalGroups, by scorers.naturalbench_extract and
+    naturalbench_scores. The official scorer takes the right answers to be the fixed pattern q0_i0 yes, q0_i1 no,
+    q1_i0 no, q1_i1 yes; ours vary (a swapped pair can start from 'no'), so each cell goes to the scorer as the
+    pattern's value when the answer is right and as the opposite when it is wrong (or neither yes nor no)."""
+    images, questions, truth = [], [], []
+    for g in groups:
+        for q in range(2):              # cells in the scorer's order: q0_i0, q0_i1, q1_i0, q1_i1
+            for i in range(2):
+                images.append(g['images'][i])
+                questions.append(g['questions'][q])
+                truth.append(int(g['answers'][i][q] == 'yes'))
+    predictions = []
+    for s in range(0, len(images), batch_size):
+        predictions += umm.answer(umm.encode(torch.stack(images[s:s + batch_size])), questions[s:s + batch_size])
+    pattern = (1, 0, 0, 1)
+    cells = [pattern[k % 4] if scorers.naturalbench_extract(p) == t else 1 - pattern[k % 4]
+             for k, (p, t) in enumerate(zip(predictions, truth))]
+    return scorers.naturalbench_scores([cells[k:k + 4] for k in range(0, len(cells), 4)])
+
+
+# -----------------------------------------------------------------------------
+# generation: consistency, T2I ranking, the reconstruction picture
+
+@torch.no_grad()
+def consistency(umm, dataset, judge=None, batch_size=250) -> dict:
+    """UnifiedBench protocol 1 on the toy: caption each image x with U, regenerate x^ = G(caption), and compare x^
+    with x by every image encoder at hand: the toy's judge (CLIP image-image cosine) and the UMM's own encoder
+    (cosine of the mean-pooled z), then their mean. Also the share of captions that are exactly right (U's half)."""
+    sims, exact = defaultdict(list), 0
+    for b in _batches(dataset, batch_size):
+        x = b['images']
+        captions = umm.caption(x)
+        x_hat = umm.generate(captions)                                            # (B, 3, s, s)
+        exact += sum(c == t for c, t in zip(captions, b['captions']))
+        z, z_hat = (umm.encode(v).float().mean(1).flatten(1) for v in (x, x_hat))  # (B, H)
+        sims['encoder'].append(F.cosine_similarity(z, z_hat, dim=-1))
+        if judge is not None:
+            sims['judge'].append(judge.image_image_similarity(x_hat, x))
+    out = {k: torch.cat(v).mean().item() for k, v in sims.items()}
+    out['mean'] = sum(out.values()) / len(out)
+    return {**out, 'caption_exact': exact / len(dataset)}
+
+
 @torch.no_grad()
 def t2i_ranking(umm, judge, dataset, batch_size=256) -> float:
     """Share of captions whose text-to-image picture the judge finds closer to the captioned scene than to another
     scene (the next one in the split, which is a random draw): image-image cosine in the judge's embedding."""
     wins = []
-    for start in range(0, len(dataset), batch_size):
-        batch = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    for batch in _batches(dataset, batch_size):
         generated, x = umm.generate(batch['captions']), batch['images']
         wins.append(judge.image_image_similarity(generated, x) > judge.image_image_similarity(generated, x.roll(1, 0)))
     return torch.cat(wins).float().mean().item()
@@ -82,7 +180,211 @@ def majority_baseline(train, test) -> dict:
         for key in ('all', t):
             right[key] += top[t] == a
             total[key] += 1
-    return {k: right[k] / total[k] for k in total}
+    return _ordered(right, total)
+
+
+# -----------------------------------------------------------------------------
+# the suite over checkpoints
+
+def checkpoint_kind(path) -> str:
+    """'base' for a pretrain dir (base.pt), 'run' for a train.py run (config.json + adapter/); else it fails naming
+    the path and what was expected."""
+    if os.path.isfile(os.path.join(path, 'base.pt')):
+        return 'base'
+    if os.path.isfile(os.path.join(path, 'config.json')) and os.path.isdir(os.path.join(path, 'adapter')):
+        return 'run'
+    found = f"it holds {sorted(os.listdir(path))[:8]}" if os.path.isdir(path) else "it does not exist"
+    raise FileNotFoundError(f"--ckpt {path!r}: expected a pretrain dir holding base.pt or a train.py run dir "
+                            f"holding config.json and adapter/; {found}")
+
+
+def load_checkpoint(path):
+    """A --ckpt DIR -> (UMM in eval mode, its judge or None). A run's base comes from its config['init'], gets LoRA
+    with the run's flags, then the run's adapter. The judge is DIR/judge.pt, else the base's judge.pt."""
+    import model
+    from buffer import Judge
+    base = path
+    if checkpoint_kind(path) == 'base':
+        umm = model.load_backbone('tiny-toy', init=path)
+    else:
+        with open(os.path.join(path, 'config.json')) as f:
+            config = json.load(f)
+        base = config.get('init') or None
+        umm = model.load_backbone(config['backbone'], init=base)
+        umm.add_lora(r=config['lora_r'], alpha=config['lora_alpha'], dropout=config['lora_dropout'])
+        umm.load_trainable(os.path.join(path, 'adapter'))
+    judges = [p for p in (os.path.join(path, 'judge.pt'), base and os.path.join(base, 'judge.pt')) if p]
+    judge = next((Judge.load(p) for p in judges if os.path.isfile(p)), None)
+    return umm.eval(), judge
+
+
+def evaluate_model(umm, judge, sets, subset, attack) -> dict:
+    """Every measurement of the suite for one model, with its seconds; `sets` are built once for all models."""
+    parts = {'clean': lambda: accuracy(umm, sets['clean']),
+             'shift': lambda: {s: accuracy(umm, sets[s])['all'] for s in data.SHIFTS},
+             'natural': lambda: natural_scores(umm, sets['natural']),
+             'pgd': lambda: pgd_accuracy(umm, subset, **attack),
+             'reread': lambda: accuracy(umm, subset, transform=lambda x: umm.render(umm.encode(x)))['all'],
+             'consistency': lambda: consistency(umm, subset, judge),
+             't2i_ranking': lambda: t2i_ranking(umm, judge, subset) if judge is not None else None}
+    out, seconds = {}, {}
+    for name, measure in parts.items():
+        t0 = time.time()
+        out[name], seconds[name] = measure(), round(time.time() - t0, 1)
+    return {**out, 'seconds': seconds}
+
+
+def flatten(result, prefix='') -> dict:
+    """{'clean': {'all': 0.7}, 'pgd': 0.2} -> {'clean all': 0.7, 'pgd': 0.2}, in insertion order."""
+    rows = {}
+    for k, v in result.items():
+        if isinstance(v, dict):
+            rows.update(flatten(v, f"{prefix}{k} "))
+        else:
+            rows[f"{prefix}{k}"] = v
+    return rows
+
+
+def print_table(columns: dict):
+    """columns: label -> flat {row: value}; one row per measurement, one column per checkpoint."""
+    rows = list(dict.fromkeys(r for c in columns.values() for r in c))
+    widths = [max(10, len(label) + 2) for label in columns]
+    print(f"{'':26}" + ''.join(f"{label:>{w}}" for label, w in zip(columns, widths)))
+    for r in rows:
+        cells = [columns[label].get(r) for label in columns]
+        print(f"{r:26}" + ''.join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths)))
+
+
+def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None, picture=None) -> dict:
+    """The toy suite on every checkpoint: prints one table (columns = checkpoints) and returns everything."""
+    attack = attack or dict(eps=8 / 255, steps=10, step_size=2 / 255)
+    for ckpt in ckpts:  # a wrong path fails now, not after the data are built and other models scored
+        checkpoint_kind(ckpt)
+    sets = {'clean': data.ShapesVQA(split, size), 'natural': data.NaturalGroups(split, groups),
+            **{s: data.ShapesVQA(split, size, shift=s) for s in data.SHIFTS}}
+    few = torch.utils.data.Subset(sets['clean'], range(min(subset, size)))
+    results = {'settings': dict(split=split, size=size, subset=len(few), groups=groups, attack=attack),
+               'majority': majority_baseline(data.ShapesVQA('train', 20000), sets['clean']), 'models': {}}
+    for i, ckpt in enumerate(ckpts):
+        t0 = time.time()
+        umm, judge = load_checkpoint(ckpt)
+        results['models'][ckpt] = evaluate_model(umm, judge, sets, few, attack)
+        print(f"{ckpt}: {time.time() - t0:.0f}s {results['models'][ckpt]['seconds']}")
+        if picture:
+            stem, ext = os.path.splitext(picture)
+            path = picture if len(ckpts) == 1 else f"{stem}_{i}{ext}"
+            save_reconstructions(umm, sets['clean'], path)
+            print(f"wrote {path}: originals / reconstructions / T2I from their captions ({ckpt})")
+    a = attack
+    print(f"\n{split} split: {size} questions (clean, each shift), {groups} NaturalBench-style groups; PGD (L-inf eps "
+          f"{a['eps']:.4f}, {a['steps']} steps of {a['step_size']:.4f}), re-reading, consistency and T2I ranking "
+          f"on the first {len(few)} questions")
+    names = [os.path.basename(os.path.normpath(c)) for c in ckpts]
+    columns = {'majority': flatten({'clean': results['majority']})}
+    for ckpt, name in zip(ckpts, names):  # a column per checkpoint, by folder name unless two share it
+        r = results['models'][ckpt]
+        columns[name if names.count(name) == 1 else ckpt] = flatten({k: v for k, v in r.items() if k != 'seconds'})
+    print_table(columns)
+    return results
+
+
+# -----------------------------------------------------------------------------
+# pictures from a run directory: curves from metrics.jsonl, a gallery from the buffer in rank0.pt
+
+def _curves(rows, path, title, left, right, share=False):
+    """One PNG of two metrics.jsonl series over steps, each (label, key); `right` on a second y-axis unless `share`.
+    A series with no values (e.g. L_C in an SFT run) is left out; None when both are empty."""
+    import matplotlib.pyplot as plt
+    series = [(label, [(r['step'], r[key]) for r in rows if r.get(key) is not None]) for label, key in (left, right)]
+    series = [(k, label, points) for k, (label, points) in enumerate(series) if points]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), layout='constrained')
+    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for k, label, points in series:
+        on = ax.twinx() if k == 1 and not share and len(series) == 2 else ax
+        on.plot(*zip(*points), marker='.', color=colors[k], label=label)
+        on.set_ylabel(label if on is not ax or len(series) == 1 or not share else f"{left[0]}, {right[0]}")
+    ax.set_xlabel('step')
+    ax.set_title(title)
+    fig.legend(loc='outside lower center', ncol=len(series), fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_gallery(run_dir, path, n=16):
+    """The hardest n buffer entries of rank 0 (hard candidates; the originals are not stored), each with its
+    question, ground truth and the run's current prediction. None (with a message) when there is nothing to draw."""
+    import matplotlib.pyplot as plt
+    state_path = os.path.join(run_dir, 'rank0.pt')
+    state = torch.load(state_path, weights_only=True).get('buffer') if os.path.isfile(state_path) else None
+    if not state or not state['images']:
+        why = 'has no buffer entries' if os.path.isfile(state_path) else 'does not exist'
+        print(f"gallery skipped: {state_path} {why} (an SFT run or --buffer-size 0 keeps none)")
+        return None
+    if state.get('space', 'decoded') == 'token':
+        print("gallery skipped: a token-space run (--space token) buffers tokens z + delta, not images")
+        return None
+    k = min(n, len(state['images']))
+    x = torch.stack(state['images'][:k]).float() / 255                               # (k, 3, s, s)
+    try:
+        umm, _ = load_checkpoint(run_dir)
+        with torch.no_grad():
+            predictions = umm.answer(umm.encode(x), state['questions'][:k])
+    except FileNotFoundError as e:  # an interrupted run has no adapter/ yet: draw the buffer without predictions
+        print(f"gallery without predictions: {e}")
+        predictions = ['?'] * k
+    cols = min(4, k)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False, layout='constrained')
+    for j, ax in enumerate(axes.flat):
+        ax.axis('off')
+        if j >= k:
+            continue
+        q, gt, p = state['questions'][j], state['answers'][j], predictions[j]
+        ax.imshow(x[j].permute(1, 2, 0).numpy(), interpolation='nearest')
+        h, step = state['hardness'][j], state['steps'][j]
+        ax.set_title(f"{textwrap.fill(q, 36)}\nGT {gt} | pred {p} | H {h:.2f} | step {step}", fontsize=7,
+                     color='darkgreen' if p == gt else 'firebrick')
+    fig.suptitle(f"{run_dir}: hardest buffer candidates (green: answered right now)", fontsize=9)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir) -> list:
+    """PNGs from a train.py run into RUN_DIR/plots/: eps (and attack success), L_U vs L_C (Figure 10's
+    tug-of-war), buffer size and mean H, and the buffer gallery. Returns the paths written."""
+    path = os.path.join(run_dir, 'metrics.jsonl')
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--plot {run_dir!r}: no {path}; expected a train.py run directory "
+                                f"(metrics.jsonl, and rank0.pt for the gallery)")
+    import matplotlib
+    matplotlib.use('Agg')
+    with open(path) as f:
+        try:
+            rows = [json.loads(line) for line in f if line.strip()]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--plot: {path} is not JSON lines ({e})") from None
+    if not rows or not all(isinstance(r, dict) and 'step' in r for r in rows):
+        raise ValueError(f"--plot: {path} must hold one JSON object with a 'step' per line, as train.py writes")
+    out = os.path.join(run_dir, 'plots')
+    os.makedirs(out, exist_ok=True)
+    lu, lc = ([abs(r[k]) for r in rows if r.get(k) is not None] for k in ('L_U', 'L_C'))
+    similar = bool(lu and lc) and 1 / 3 < (sum(lu) / len(lu)) / max(1e-12, sum(lc) / len(lc)) < 3
+    written = [
+        _curves(rows, os.path.join(out, 'eps.png'), 'perturber gate eps and attack success rate',
+                ('eps', 'eps'), ('attack success rate', 'asr')),
+        _curves(rows, os.path.join(out, 'losses.png'), 'tug-of-war: L_U (understand) vs L_C (challenge)',
+                ('L_U', 'L_U'), ('L_C', 'L_C'), share=similar),
+        _curves(rows, os.path.join(out, 'buffer.png'), 'hard-sample buffer', ('buffer size', 'buffer'),
+                ('mean H', 'H_mean')),
+        plot_gallery(run_dir, os.path.join(out, 'gallery.png'))]
+    written = [p for p in written if p]
+    print('wrote ' + ', '.join(written) if written else f"nothing to plot: {path} has no eps, L_U, L_C or buffer "
+          f"(a pretrain run?)")
+    return written
 
 
 def step_cost(run_dirs) -> dict:
@@ -102,33 +404,48 @@ def step_cost(run_dirs) -> dict:
 
 
 if __name__ == '__main__':
-    import model
-    parser = argparse.ArgumentParser(description='Evaluate tiny-toy checkpoints on the synthetic shapes suite.')
-    parser.add_argument('--ckpt', help='a pretrain output dir (holding base.pt)')
+    def fraction(s):  # '8/255' or '0.0314'
+        return float(Fraction(s))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--ckpt', action='append', metavar='DIR',
+                        help='a pretrain dir (base.pt) or a train.py run dir (config.json + adapter/); repeat it '
+                             'for side-by-side columns')
+    parser.add_argument('--plot', metavar='RUN_DIR', help='instead: PNG curves and a buffer gallery into RUN_DIR/plots')
     parser.add_argument('--step-cost', nargs='+', metavar='RUN_DIR',
                         help='instead: mean step time of train.py runs, and each one relative to the first')
+    # eval
     parser.add_argument('--split', default='test', choices=list(data.SPLITS), help='which split to score')
-    parser.add_argument('--size', type=int, default=2000, help='questions per split and per shift')
+    parser.add_argument('--size', type=int, default=2000, help='questions of the clean set and of each shift')
+    parser.add_argument('--subset', type=int, default=1000,
+                        help='the first N clean questions get PGD, re-reading, consistency and T2I ranking')
+    parser.add_argument('--groups', type=int, default=1000, help='NaturalBench-style groups (4 answers each)')
+    parser.add_argument('--pgd-eps', type=fraction, default=8 / 255, help='L-inf radius in [0, 1] pixels (8/255)')
+    parser.add_argument('--pgd-steps', type=int, default=10, help='PGD steps (0: no attack)')
+    parser.add_argument('--pgd-step-size', type=fraction, default=2 / 255, help='PGD step in pixels (2/255)')
+    parser.add_argument('--json', metavar='OUT.json', help='also write every number (and per-part seconds) here')
     parser.add_argument('--picture', default=None,
-                        help='save originals over reconstructions over T2I(caption) to this PNG')
+                        help='save originals over reconstructions over T2I(caption) to this PNG (PNG_<i> for the '
+                             'i-th of several --ckpt)')
     args = parser.parse_args()
-    if args.step_cost:
-        step_cost(args.step_cost)
-        raise SystemExit(0)
-    if not args.ckpt:
-        parser.error('--ckpt is required (or --step-cost RUN_DIR ...)')
-    umm = model.load_backbone('tiny-toy', init=args.ckpt)
-    clean = data.ShapesVQA(args.split, args.size)
-    result = {'clean': accuracy(umm, clean),
-              'majority': majority_baseline(data.ShapesVQA('train', 20000), clean),
-              'reread': accuracy(umm, clean, transform=lambda x: umm.render(umm.encode(x)))}
-    judge_path = os.path.join(args.ckpt, 'judge.pt')
-    if os.path.isfile(judge_path):
-        from buffer import Judge
-        result['t2i_ranking'] = t2i_ranking(umm, Judge.load(judge_path), clean)
-    if args.picture:
-        save_reconstructions(umm, clean, args.picture)
-        print(f"wrote {args.picture}: originals / reconstructions / T2I from their captions")
-    for shift in data.SHIFTS:
-        result[shift] = accuracy(umm, data.ShapesVQA(args.split, args.size, shift=shift))['all']
-    print(json.dumps(result, indent=1))
+    try:
+        if args.step_cost:
+            step_cost(args.step_cost)
+        elif args.plot:
+            plot_run(args.plot)
+        elif not args.ckpt:
+            parser.error('--ckpt DIR is required (or --plot RUN_DIR, or --step-cost RUN_DIR ...)')
+        else:
+            if min(args.size, args.subset, args.groups) < 1 or args.pgd_eps < 0 or args.pgd_steps < 0:
+                parser.error('--size, --subset and --groups must be >= 1; --pgd-eps and --pgd-steps >= 0')
+            t0 = time.time()
+            result = suite(args.ckpt, args.split, args.size, args.subset, args.groups, picture=args.picture,
+                           attack=dict(eps=args.pgd_eps, steps=args.pgd_steps, step_size=args.pgd_step_size))
+            result['settings']['seconds'] = round(time.time() - t0, 1)
+            print(f"suite: {time.time() - t0:.0f}s")
+            if args.json:
+                with open(args.json + '.tmp', 'w') as f:
+                    json.dump(result, f, indent=1)
+                os.replace(args.json + '.tmp', args.json)
+                print(f"wrote {args.json}")
+    except FileNotFoundError as e:
+        parser.exit(2, f"evaluate.py: error: {e}\n")

@@ -1,12 +1,21 @@
-"""evaluate.py's toy measurements: the T2I ranking counts a win only when the picture is nearer its own scene, and the
-reconstruction picture has the layout it claims. Run: python -m pytest -q tests/test_evaluate.py"""
+"""evaluate.py's toy measurements: the T2I ranking counts a win only when the picture is nearer its own scene, the
+reconstruction picture has the layout it claims, PGD never beats clean accuracy and is clean accuracy at eps 0, an
+oracle generator is more consistent than a shuffled one, a run dir loads its adapter, --plot writes its PNGs, and bad
+paths fail naming themselves. Run: python -m pytest -q tests/test_evaluate.py"""
 
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 from PIL import Image
 
 import data
 import evaluate
-from buffer import Judge
+import toy_umm
+from buffer import HardBuffer, Judge
 
 
 class Oracle:
@@ -14,7 +23,11 @@ class Oracle:
 
     def __init__(self, dataset, shift=0):
         self.by_caption = {c: dataset[i]['image'] for i, c in enumerate(dataset.captions)}
+        self.by_image = {dataset[i]['image'].numpy().tobytes(): c for i, c in enumerate(dataset.captions)}
         self.shift = shift
+
+    def caption(self, images):
+        return [self.by_image[x.numpy().tobytes()] for x in images]
 
     def generate(self, captions):
         return torch.stack([self.by_caption[c] for c in captions]).roll(self.shift, 0)
@@ -44,7 +57,6 @@ def test_reconstruction_picture_has_three_rows(tmp_path):
 
 
 def test_step_cost_leaves_out_step_zero_and_divides_by_the_first_run(tmp_path, capsys):
-    import json
     for name, times in (('sft', [9.0, 0.10, 0.20]), ('ug', [9.0, 0.30, 0.30])):
         (tmp_path / name).mkdir()
         with open(tmp_path / name / 'metrics.jsonl', 'w') as f:
@@ -52,3 +64,165 @@ def test_step_cost_leaves_out_step_zero_and_divides_by_the_first_run(tmp_path, c
     means = evaluate.step_cost([str(tmp_path / 'sft'), str(tmp_path / 'ug')])
     assert abs(means[str(tmp_path / 'sft')] - 0.15) < 1e-9 and abs(means[str(tmp_path / 'ug')] - 0.30) < 1e-9
     assert '2.00x' in capsys.readouterr().out
+
+
+def test_consistency_of_an_oracle_generator_beats_a_shuffled_one():
+    torch.manual_seed(0)
+    ds, judge = data.ShapesVQA('val', 24), Judge.tiny(data.VOCAB)
+    oracle = evaluate.consistency(Oracle(ds), ds, judge, batch_size=10)
+    shuffled = evaluate.consistency(Oracle(ds, shift=1), ds, judge, batch_size=10)  # each caption, another scene
+    assert oracle['caption_exact'] == 1.0 and abs(oracle['mean'] - 1) < 1e-5  # regenerated == original
+    for encoder in ('judge', 'encoder', 'mean'):
+        assert oracle[encoder] > shuffled[encoder] + 1e-4, encoder  # a random judge sees small gaps
+    assert abs(shuffled['mean'] - (shuffled['judge'] + shuffled['encoder']) / 2) < 1e-6
+
+
+@pytest.fixture(scope='module')
+def fresh():
+    torch.manual_seed(0)
+    return toy_umm.build_tiny_toy().eval()
+
+
+def test_pgd_is_clean_accuracy_at_eps_zero_and_never_raises_it(fresh):
+    ds = data.ShapesVQA('val', 16)
+    x = data.collate([ds[i] for i in range(16)])['images']
+    with torch.no_grad():
+        own = fresh.answer(fresh.encode(x), ds.questions)
+    ds.answers = [p if i % 2 else a for i, (p, a) in enumerate(zip(own, ds.answers))]  # half right by construction
+    clean = evaluate.accuracy(fresh, ds)['all']
+    assert clean >= 0.5
+    assert evaluate.pgd_accuracy(fresh, ds, eps=0.0, batch_size=16) == clean
+    assert torch.equal(evaluate.pgd_attack(fresh, x, ds.questions, ds.answers, eps=0.0), x)
+    eps = 8 / 255
+    x_adv = evaluate.pgd_attack(fresh, x, ds.questions, ds.answers, eps=eps, steps=5, step_size=2 / 255)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():  # ascent: the attack raises the loss it climbs (a sign error would lower it)
+        before = fresh.understand_loss(fresh.encode(x), ds.questions, ds.answers)
+        after = fresh.understand_loss(fresh.encode(x_adv), ds.questions, ds.answers)
+    assert after.mean() > before.mean()
+    assert evaluate.pgd_accuracy(fresh, ds, eps=eps, steps=5, batch_size=8) <= clean
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    """A fresh tiny-toy base (base.pt + judge.pt) and a run dir over it whose LoRA weights are random, not zero."""
+    root = tmp_path_factory.mktemp('runs')
+    torch.manual_seed(0)
+    umm = toy_umm.build_tiny_toy()
+    toy_umm.save_base(umm, str(root / 'base'))
+    Judge.tiny(data.VOCAB).save(str(root / 'base' / 'judge.pt'))
+    umm.add_lora(r=4, alpha=8, dropout=0.0)  # not the defaults: the loader must read them from config.json
+    with torch.no_grad():
+        for p in umm.understanding_parameters():  # peft starts lora_B at zero, which would equal the base
+            p.normal_(0, 0.5)
+    umm.save_trainable(str(root / 'run' / 'adapter'))
+    with open(root / 'run' / 'config.json', 'w') as f:
+        json.dump(dict(backbone='tiny-toy', init=str(root / 'base'), lora_r=4, lora_alpha=8, lora_dropout=0.0), f)
+    return root, umm.eval()
+
+
+def test_a_run_dir_loads_its_adapter_over_its_base(run_dir):
+    root, trained = run_dir
+    loaded, judge = evaluate.load_checkpoint(str(root / 'run'))
+    base, _ = evaluate.load_checkpoint(str(root / 'base'))
+    assert judge is not None  # the base's judge.pt
+    saved = dict(trained.lm.named_parameters())
+    for name, p in loaded.lm.named_parameters():
+        if 'lora_' in name:
+            assert torch.equal(p, saved[name]), name
+    b = data.collate([data.ShapesVQA('val', 8)[i] for i in range(8)])
+    with torch.no_grad():
+        loss = {k: m.understand_loss(m.encode(b['images']), b['questions'], b['answers'])
+                for k, m in (('trained', trained), ('loaded', loaded), ('base', base))}
+    assert torch.allclose(loss['loaded'], loss['trained'], atol=1e-5)
+    assert (loss['loaded'] - loss['base']).abs().max() > 1e-3
+
+
+def _fake_run(run, space='decoded'):
+    rows = [dict(step=s, L_U=1 / (s + 1), eps=0.02 - s * 1e-4, L_C=None if s == 0 else 5 + s, asr=0.2,
+                 buffer=min(50, 13 * (s + 1)), H_mean=None if s == 0 else 0.5 + s / 100, step_time=0.1)
+            for s in range(0, 30, 10)]
+    with open(run / 'metrics.jsonl', 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in rows)
+    buffer, ds = HardBuffer(50, space=space), data.ShapesVQA('val', 6)
+    items = data.collate([ds[i] for i in range(6)])
+    stored = items['images'] if space == 'decoded' else torch.randn(6, 36, 128)
+    buffer.push(stored, items['questions'], items['answers'], torch.arange(6.0), step=3, qtypes=items['qtypes'])
+    torch.save(dict(step=30, buffer=buffer.state_dict()), run / 'rank0.pt')
+
+
+def test_plot_writes_curves_and_a_gallery(run_dir, tmp_path, capsys):
+    root, _ = run_dir
+    _fake_run(root / 'run')
+    written = evaluate.plot_run(str(root / 'run'))
+    names = ('eps.png', 'losses.png', 'buffer.png', 'gallery.png')
+    assert sorted(written) == sorted(str(root / 'run' / 'plots' / n) for n in names)
+    for path in written:
+        assert Image.open(path).size[0] > 300
+    assert 'without predictions' not in capsys.readouterr().out  # the adapter loaded: predictions are drawn
+    (tmp_path / 'token').mkdir()  # a token-space run: curves, and no gallery (no images), with a message
+    _fake_run(tmp_path / 'token', space='token')
+    written = evaluate.plot_run(str(tmp_path / 'token'))
+    assert [os.path.basename(p) for p in written] == ['eps.png', 'losses.png', 'buffer.png']
+    assert 'token-space' in capsys.readouterr().out
+
+
+def test_bad_paths_fail_naming_the_path_and_what_was_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match='base.pt.*config.json and adapter/'):
+        evaluate.load_checkpoint(str(tmp_path / 'nowhere'))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        evaluate.checkpoint_kind(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='metrics.jsonl'):
+        evaluate.plot_run(str(tmp_path))
+    cli = subprocess.run([sys.executable, 'evaluate.py', '--ckpt', str(tmp_path / 'nowhere')], capture_output=True,
+                         text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert cli.returncode == 2 and str(tmp_path / 'nowhere') in cli.stderr and 'Traceback' not in cli.stderr
+
+
+class Lookup:
+    """A stand-in U that answers from a table {(image bytes, question): answer}, or 'yes' to everything."""
+
+    def __init__(self, table=None):
+        self.table = table
+
+    def encode(self, x):
+        return x
+
+    def answer(self, z, questions):
+        return [self.table[(x.numpy().tobytes(), q)] if self.table else 'yes' for x, q in zip(z, questions)]
+
+
+def test_natural_scores_count_a_group_only_when_all_four_answers_are_right():
+    groups = data.NaturalGroups('val', 6)
+    table = {(g['images'][i].numpy().tobytes(), q): g['answers'][i][j]
+             for g in groups for i in range(2) for j, q in enumerate(g['questions'])}
+    assert evaluate.natural_scores(Lookup(table), groups, batch_size=5) == \
+        {'Acc': 1.0, 'Q_Acc': 1.0, 'I_Acc': 1.0, 'G_Acc': 1.0}
+    g = groups[0]  # one wrong cell: its group, one question and one image are lost
+    key = (g['images'][1].numpy().tobytes(), g['questions'][0])
+    table[key] = 'no' if table[key] == 'yes' else 'yes'
+    assert evaluate.natural_scores(Lookup(table), groups) == \
+        {'Acc': 23 / 24, 'Q_Acc': 11 / 12, 'I_Acc': 11 / 12, 'G_Acc': 5 / 6}
+    yes = evaluate.natural_scores(Lookup(), groups)  # answers flip across the two images: a constant never wins
+    assert yes['Acc'] == 0.5 and yes['Q_Acc'] == 0 and yes['G_Acc'] == 0
+
+
+class Brighter:
+    """A stand-in U that says 'yes' when the image is brighter than 0.5 and whose loss (oddly) rises with brightness,
+    so ascending the loss makes the image brighter: the attack turns a wrong answer right."""
+
+    def encode(self, x):
+        return x
+
+    def understand_loss(self, z, questions, answers):
+        return z.flatten(1).mean(1)
+
+    def answer(self, z, questions):
+        return ['yes' if v > 0.5 else 'no' for v in z.flatten(1).mean(1).tolist()]
+
+
+def test_pgd_accuracy_counts_only_samples_right_before_and_after_the_attack():
+    items = [dict(image=torch.full((3, 4, 4), 0.49), question='q', answer='yes', qtype='existence', caption='c')] * 4
+    x_adv = evaluate.pgd_attack(Brighter(), torch.full((4, 3, 4, 4), 0.49), ['q'] * 4, ['yes'] * 4, eps=0.1)
+    assert Brighter().answer(x_adv, ['q'] * 4) == ['yes'] * 4  # the "attack" made every answer right ...
+    assert evaluate.pgd_accuracy(Brighter(), items, eps=0.1) == 0.0  # ... which does not count: clean was wrong
