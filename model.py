@@ -35,7 +35,8 @@ LORA_DEFAULTS = dict(r=16, alpha=32, dropout=0.05)
 
 
 class UMM(nn.Module):
-    """The interface (see the module docstring). Subclasses implement every method; shapes are in the comments."""
+    """The interface (see the module docstring); shapes are in the comments. Subclasses implement every method but the
+    LoRA three at the end, which read `self.lm`."""
 
     hidden_size: int   # H, the width of the shared visual-token interface
     image_size: int    # side of the square images `encode` expects, in pixels
@@ -58,14 +59,19 @@ class UMM(nn.Module):
     def caption(self, images, max_new_tokens=48):       # -> list[str]
         raise NotImplementedError
 
+    # What post-training updates: LoRA adapters on the language model `self.lm` (a peft model after `add_lora`).
+    # Both backbones here keep their LoRA there; one that does not overrides these three.
     def understanding_parameters(self):                 # -> list of the parameters post-training updates
-        raise NotImplementedError
+        return [p for n, p in self.lm.named_parameters() if 'lora_' in n]
 
     def save_trainable(self, directory):
-        raise NotImplementedError
+        self.lm.save_pretrained(directory)  # the LoRA adapter only (peft)
 
     def load_trainable(self, directory):
-        raise NotImplementedError
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+        device = next(self.lm.parameters()).device
+        set_peft_model_state_dict(self.lm, load_peft_weights(directory, device=str(device)))
 
 
 class MissingWeights(RuntimeError):
@@ -358,16 +364,6 @@ class JanusUMM(UMM):
             self.lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets)))
         return self
 
-    def understanding_parameters(self):
-        return [p for n, p in self.lm.named_parameters() if 'lora_' in n]
-
-    def save_trainable(self, directory):
-        self.lm.save_pretrained(directory)  # the LoRA adapter only (peft)
-
-    def load_trainable(self, directory):
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
-        set_peft_model_state_dict(self.lm, load_peft_weights(directory, device=str(self.device)))
 
 
 def janus_config(lm, vision=None, vq=None, image_token_id=100581):

@@ -211,16 +211,6 @@ class ToyUMM(UMM):
                                                      target_modules=list(targets)))
         return self
 
-    def understanding_parameters(self):
-        return [p for n, p in self.lm.named_parameters() if 'lora_' in n]
-
-    def save_trainable(self, directory):
-        self.lm.save_pretrained(directory)  # the LoRA adapter only (peft)
-
-    def load_trainable(self, directory):
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
-        set_peft_model_state_dict(self.lm, load_peft_weights(directory, device=str(self.queries.device)))
 
 
 def check_images(images, size):
