@@ -127,6 +127,12 @@ if args.candidates > 1 and args.perturb == 'adversarial' and not sampling:
     fail('--candidates', f"K = {args.candidates} would give identical candidates: C and this decoder are "
                          f"deterministic; use a sampling decoder (Janus --gen-temperature > 0 or --decode t2i) "
                          f"or --perturb random")
+# the filter's judge: checked now, before a large backbone loads (tiny-toy's comes with its base, checked below)
+judge_path = args.judge or os.path.join(args.init, 'judge.pt')
+judge_path = judge_path if args.mode == 'unigame' and args.filter != 'none' and args.space == 'decoded' else None
+if judge_path and not (os.path.isfile(judge_path) or os.path.isfile(judge_path.split(':', 1)[-1])) and not \
+        (args.backbone == 'tiny-toy' and args.judge is None):
+    fail('--judge', f"no judge at {judge_path!r}; pass a judge.pt, an open_clip MODEL:LOCAL_FILE, or --filter none")
 if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
     fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
 if args.backbone not in model.BACKBONES and not model.is_checkpoint_name(args.backbone):
@@ -180,14 +186,12 @@ umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout).tr
 C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
 unigame = args.mode == 'unigame'
 judge = None
-if unigame and args.filter != 'none' and args.space == 'decoded':  # the semantic filter's CLIP
-    path = args.judge or os.path.join(args.init, 'judge.pt')
-    if os.path.isfile(path):
-        judge = Judge.load(path, map_location=device)
-    elif ':' in path and os.path.isfile(path.split(':', 1)[1]):
-        judge = Judge.from_pretrained(*path.split(':', 1)).to(device)
-    else:
-        fail('--judge', f"no judge at {path!r}; pass a judge.pt, an open_clip MODEL:LOCAL_FILE, or --filter none")
+if judge_path and os.path.isfile(judge_path):  # the semantic filter's CLIP
+    judge = Judge.load(judge_path, map_location=device)
+elif judge_path and ':' in judge_path:
+    judge = Judge.from_pretrained(*judge_path.split(':', 1)).to(device)
+elif judge_path:
+    fail('--judge', f"no judge at {judge_path!r} (the base in --init has none); pass one or use --filter none")
 buffer = HardBuffer(args.buffer_size, space=args.space) if unigame and args.buffer_size > 0 else None
 u_params, c_params = umm.understanding_parameters(), list(C.parameters())
 opt_u = torch.optim.AdamW(u_params, lr=args.und_lr, weight_decay=0.0)
