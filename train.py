@@ -61,7 +61,9 @@ p.add_argument('--space', default='decoded', choices=['decoded', 'token'],
                help="where hard samples live: decoded images G(z + delta) (UniGame) or the perturbed tokens z + delta "
                     "themselves (Table 4's embedding-only ablation; --filter cosine compares tokens)")
 # buffer
-p.add_argument('--buffer-size', type=int, default=50, help='capacity of B (paper: 50); 0 = no buffer (ablation)')
+p.add_argument('--buffer-size', type=int, default=50,
+               help="capacity of B (paper: 50); 0 = no buffer (Table 4): a mining step's hard candidates are learnt "
+                    "from at once, then dropped")
 p.add_argument('--candidates', type=int, default=1,
                help='K candidates decoded per sample when mining; K > 1 needs a sampling decoder or --perturb random')
 p.add_argument('--mine-every', type=int, default=1, help='mine candidates every m steps (Algorithm 1, line 9)')
@@ -319,7 +321,8 @@ try:
                 log[1:3] += torch.stack([l_c.detach(), torch.ones((), device=device)])
 
         # 2. mine (lines 9-11): decode candidates, score H (Eq. 4), keep the hard plausible ones in B
-        if buffer is not None and step % args.mine_every == 0:
+        fresh = None
+        if unigame and step % args.mine_every == 0:
             umm.eval()  # score candidates without LoRA dropout (and without spending the RNG that training uses)
             with torch.no_grad(), ctx:
                 K = args.candidates                                 # candidate k of sample i sits at row i*K + k
@@ -347,16 +350,23 @@ try:
                     wrong = [p_ != a_ for p_, a_ in zip(umm.answer(z_tilde, qk), ak)]
                     log[3:5] += torch.tensor([sum(wrong), len(wrong)], dtype=torch.float, device=device)
             umm.train()
-            buffer.push(x_tilde[keep].float(), [qk[i] for i in keep], [ak[i] for i in keep], h[keep], step,
-                        qtypes=[tk[i] for i in keep])
+            if buffer is not None:
+                buffer.push(x_tilde[keep].float(), [qk[i] for i in keep], [ak[i] for i in keep], h[keep], step,
+                            qtypes=[tk[i] for i in keep])
+            else:  # no buffer (Table 4's ablation): this step's hard candidates are learnt from once, right away
+                keep = keep[:args.replay]
+                fresh = (z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep])
 
         # 3. understand step (lines 12-15): L_U = CE(clean) + beta * CE(hard samples from B) (Eq. 6)
         with ctx:
-            if buffer is not None and len(buffer) > 0:              # clean and replayed rows in one LM call
+            hard = fresh                                            # (tokens, questions, answers) or None
+            if buffer is not None and len(buffer) > 0:
                 s = buffer.sample(args.replay, generator=buffer_rng)
                 with torch.no_grad():
                     z_hard = umm.encode(s['images'].to(device)) if args.space == 'decoded' else s['tokens'].to(device)
-                ce = umm.understand_loss(torch.cat([z, z_hard.to(z.dtype)]), q + s['questions'], a + s['answers'])
+                hard = (z_hard, s['questions'], s['answers'])
+            if hard is not None and len(hard[1]) > 0:               # clean and hard rows in one LM call
+                ce = umm.understand_loss(torch.cat([z, hard[0].to(z.dtype)]), q + hard[1], a + hard[2])
                 l_u = ce[:len(q)].mean() + args.beta * ce[len(q):].mean()
             else:
                 l_u = umm.understand_loss(z, q, a).mean()

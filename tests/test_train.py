@@ -116,6 +116,17 @@ def test_token_space_ablation_buffers_perturbed_tokens(base, tmp_path):
     assert all(t.dtype == torch.float32 and t.shape == (36, 128) for t in buf['images'])
 
 
+def test_no_buffer_learns_from_the_steps_hard_candidates_at_once(base, tmp_path):
+    """--buffer-size 0 (Table 4's rows without B) is not SFT: the candidates mined at step 0 enter that step's L_U,
+    so with the same weights, batch and no dropout, L_U = clean CE + beta * CE(hard) exceeds SFT's clean CE."""
+    sft, ug = str(tmp_path / 'sft'), str(tmp_path / 'nobuf')
+    common = ['--init', base, '--steps', '1', '--lora-dropout', '0', *FAST]
+    run('--out_dir', sft, '--mode', 'sft', *common)
+    run('--out_dir', ug, '--buffer-size', '0', '--filter', 'none', '--perturb', 'random', '--eps', '2', *common)
+    assert metrics(ug)[0]['L_U'] > metrics(sft)[0]['L_U'] + 1e-3
+    assert metrics(ug)[0]['asr'] is not None and metrics(ug)[0]['buffer'] == 0
+
+
 def test_k_candidates_per_sample_are_mined(base, tmp_path):
     """--candidates 2 with random noise: each sample's two candidates differ, all 2B are scored and can be kept."""
     out = str(tmp_path / 'k2')
