@@ -3,6 +3,7 @@ The toy UMM: a small unified model whose visual tokens z are truly shared by und
 
     understanding  x -> SigLIP2 vision encoder -> MLP projector -> z (B, N, H) -> Qwen2.5-VL language model -> answer
     generation     z -> adapter -> SD-1.5 VAE decoder -> x~                    (one step, differentiable in z)
+                   or, with decoder='diffusion', SD-1.5's UNet img2img reading a projection of z by cross-attention
     text-to-image  prompt + N learned queries -> the same LM -> head -> z^ -> the same decoder
 
 Two sizes from the same transformers / diffusers classes:
@@ -10,6 +11,10 @@ Two sizes from the same transformers / diffusers classes:
               CPU by `train.py --mode pretrain` (the paper's Eq. 3 joint objective plus the T2I token loss).
   `toy`       pretrained parts (SigLIP2-base, the Qwen2.5-VL-3B language model, SD-1.5's VAE) for a small GPU; the
               projector, adapter and T2I head are new and need the same pretraining before post-training.
+
+decoder='diffusion' is shape-tested only (a tiny UNet took 1.8 s a training step on a CPU, ../shared/FEASIBILITY.md):
+bases hold no UNet, so it (random in tiny-toy, SD-1.5's in toy) and its cross-attention adapter start untrained, and
+tiny-toy's VAE encoder, which img2img reads x through, is never trained (pretraining trains the decoder only).
 """
 
 import contextlib
@@ -21,7 +26,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, Siglip2VisionConfig,
                           Siglip2VisionModel)
@@ -39,7 +44,13 @@ TINY = dict(  # sizes of `tiny-toy`; see ../shared/FEASIBILITY.md for why 36 px 
     # no attention in the VAE's mid block and 16/32 channels: 30 ms to decode 64 images instead of 125 ms
     vae=dict(block_out_channels=(16, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
              mid_block_add_attention=False),
+    unet=dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, cross_attention_dim=32,
+              attention_head_dim=4, down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
+              up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D')),
 )
+# SD-1.5's noise schedule (its scheduler_config.json), sampled with DDIM
+SD15_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear', clip_sample=False,
+                     set_alpha_to_one=False, steps_offset=1)
 
 
 def word_tokenizer(vocab=data.VOCAB) -> PreTrainedTokenizerFast:
@@ -52,7 +63,8 @@ def word_tokenizer(vocab=data.VOCAB) -> PreTrainedTokenizerFast:
 
 
 class ToyUMM(UMM):
-    def __init__(self, vision, lm, lm_head, vae, tokenizer, image_size, patch_size, marks):
+    def __init__(self, vision, lm, lm_head, vae, tokenizer, image_size, patch_size, marks, unet=None, steps=4,
+                 strength=0.5):
         super().__init__()
         self.vision, self.lm, self.lm_head, self.vae, self.tok = vision, lm, lm_head, vae, tokenizer
         self.image_size, self.patch_size, self.grid = image_size, patch_size, image_size // patch_size
@@ -70,6 +82,11 @@ class ToyUMM(UMM):
         # T2I: N learned query embeddings read after the prompt; a head maps their LM states to predicted tokens z^
         self.queries = nn.Parameter(torch.randn(self.grid ** 2, H) * 0.02)
         self.t2i_head = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, H))
+        # decoder='diffusion' (a `unet` given): DDIM, `steps` steps from noise or strength * steps from x's latents
+        self.unet, self.decoder, self.latent_side = unet, 'vae' if unet is None else 'diffusion', latent_side
+        if unet is not None:
+            self.cross_adapter = nn.Sequential(nn.LayerNorm(H), nn.Linear(H, unet.config.cross_attention_dim))
+            self.scheduler, self.steps, self.strength = DDIMScheduler(**SD15_SCHEDULE), steps, strength
 
     # ---- understanding ------------------------------------------------------------------------------------------
 
@@ -164,12 +181,30 @@ class ToyUMM(UMM):
         lat = self.adapter_conv(F.pixel_shuffle(lat, r))                          # (B, c, g*r, g*r)
         return ((self.vae.decode(lat).sample + 1) / 2).clamp(0, 1)                # (B, 3, s, s)
 
+    def diffuse(self, z, images=None):
+        """G with decoder='diffusion': DDIM img2img from x's VAE latents noised to `strength` (from pure noise when
+        images is None), the UNet reading cross_adapter(z) (B, N, D) by cross-attention; no guidance. Differentiable in
+        z through every step, so it costs a UNet pass per step in memory too. Noise from torch's global RNG."""
+        sched, sf = self.scheduler, self.vae.config.scaling_factor
+        cond = self.cross_adapter(z.to(self.unet.dtype))                          # (B, N, D)
+        sched.set_timesteps(self.steps, device=z.device)
+        timesteps = sched.timesteps
+        if images is None:
+            lat = torch.randn(z.shape[0], self.unet.config.in_channels, self.latent_side, self.latent_side,
+                              device=z.device, dtype=self.unet.dtype)             # (B, c, s/f, s/f)
+        else:  # img2img skips the noisiest (1 - strength) share of the steps
+            timesteps = timesteps[len(timesteps) - max(1, round(self.strength * len(timesteps))):]
+            x0 = self.vae.encode(images.to(self.vae.dtype) * 2 - 1).latent_dist.mean * sf
+            lat = sched.add_noise(x0, torch.randn_like(x0), timesteps[:1])        # (B, c, s/f, s/f)
+        for t in timesteps:
+            lat = sched.step(self.unet(lat, t, encoder_hidden_states=cond).sample, t, lat).prev_sample
+        return ((self.vae.decode(lat / sf).sample + 1) / 2).clamp(0, 1)           # (B, 3, s, s)
+
     def decode(self, images, z, prompts, perturb=None):
         """Candidates x~ = G(z + delta). The toy's z is shared, so delta goes on z itself, added in float32."""
-        if perturb is None:
-            return self.render(z), None
-        delta = perturb(z.float())                                                # (B, N, H) float32
-        return self.render(z.float() + delta), delta
+        delta = None if perturb is None else perturb(z.float())                   # (B, N, H) float32
+        z = z if delta is None else z.float() + delta
+        return (self.render(z) if self.unet is None else self.diffuse(z, images)), delta
 
     def reconstruction_loss(self, images, z):
         """Eq. 2's l_gen per sample: MSE between G(z) and x. (B,) float32."""
@@ -199,7 +234,8 @@ class ToyUMM(UMM):
         return (self.predict_tokens(prompts).float() - z.detach().float()).pow(2).flatten(1).mean(1)
 
     def generate(self, prompts):
-        return self.render(self.predict_tokens(prompts))
+        z = self.predict_tokens(prompts)                                          # (B, N, H)
+        return self.render(z) if self.unet is None else self.diffuse(z)
 
     # ---- post-training: LoRA on the LM, everything else frozen -------------------------------------------------
 
@@ -210,7 +246,6 @@ class ToyUMM(UMM):
         self.lm = get_peft_model(self.lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                                                      target_modules=list(targets)))
         return self
-
 
 
 def check_images(images, size):
@@ -227,9 +262,16 @@ def check_images(images, size):
 # -----------------------------------------------------------------------------
 # builders
 
-def build_tiny_toy(init: str | None = None, **_):
-    """`tiny-toy` from its tiny configs (random init), or from a pretrain checkpoint dir `init` (base.pt inside)."""
-    tok = word_tokenizer()
+def _diffusion(decoder):
+    if decoder not in ('vae', 'diffusion'):
+        raise ValueError(f"--decoder must be 'vae' or 'diffusion', got {decoder!r}")
+    return decoder == 'diffusion'
+
+
+def build_tiny_toy(init: str | None = None, decoder='vae', **_):
+    """`tiny-toy` from its tiny configs (random init), or from a pretrain checkpoint dir `init` (base.pt inside).
+    decoder='diffusion' adds a tiny UNet (random init, also over a loaded base)."""
+    diffusion, tok = _diffusion(decoder), word_tokenizer()
     s, p = TINY['image_size'], TINY['patch_size']
     vision = Siglip2VisionModel(Siglip2VisionConfig(**TINY['vision'], patch_size=p, num_patches=(s // p) ** 2,
                                                     vision_use_head=False))
@@ -242,7 +284,9 @@ def build_tiny_toy(init: str | None = None, **_):
     lm_head = nn.Linear(lm_cfg.hidden_size, len(tok), bias=False)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',) * 2,
                         up_block_types=('UpDecoderBlock2D',) * 2, **TINY['vae'])
-    umm = ToyUMM(vision, lm, lm_head, vae, tok, s, p, dict(answer='<answer>', caption='<caption>', image='<image>'))
+    unet = UNet2DConditionModel(**TINY['unet'], in_channels=4, out_channels=4) if diffusion else None
+    umm = ToyUMM(vision, lm, lm_head, vae, tok, s, p, dict(answer='<answer>', caption='<caption>', image='<image>'),
+                 unet)
     if init is not None:
         load_base(umm, init)
     return umm
@@ -270,23 +314,33 @@ def load_base(umm, directory):
     ckpt = torch.load(path, map_location='cpu', weights_only=True)
     if ckpt.get('backbone') != 'tiny-toy':
         raise ValueError(f"--init {path!r} holds a {ckpt.get('backbone')!r} checkpoint, not tiny-toy")
-    umm.load_state_dict(ckpt['state_dict'])
+    # bases are pretrained with the VAE decoder: a diffusion decoder's UNet and cross-attention adapter stay as built
+    missing, unexpected = umm.load_state_dict(ckpt['state_dict'], strict=False)  # shape mismatches still raise
+    missing = [k for k in missing if not k.startswith(('unet.', 'cross_adapter.'))]
+    if missing or unexpected:
+        raise RuntimeError(f"--init {path!r} does not fit this tiny-toy: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    if umm.decoder == 'diffusion':
+        print(f"--init {path}: the base has no UNet; the diffusion decoder and its cross-attention adapter are new")
     return ckpt
 
 
 def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B-Instruct',
-              sd='stable-diffusion-v1-5/stable-diffusion-v1-5', **_):
-    """`toy` from pretrained parts (hub ids or local dirs). Weights are never downloaded in tests."""
+              sd='stable-diffusion-v1-5/stable-diffusion-v1-5', decoder='vae', **_):
+    """`toy` from pretrained parts (hub ids or local dirs). Weights are never downloaded in tests.
+    decoder='diffusion' adds SD-1.5's UNet (`sd`, subfolder unet); its cross-attention adapter is new."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    diffusion = _diffusion(decoder)
     vision = from_pretrained(Siglip2VisionModel, siglip, 'SigLIP2 (--toy-siglip)')
     full = from_pretrained(Qwen2_5_VLForConditionalGeneration, qwen, 'Qwen2.5-VL (--toy-qwen)')
     tok = from_pretrained(AutoTokenizer, qwen, 'Qwen2.5-VL tokenizer (--toy-qwen)')
     vae = from_pretrained(AutoencoderKL, sd, 'SD-1.5 VAE (--toy-sd)', subfolder='vae')
+    unet = from_pretrained(UNet2DConditionModel, sd, 'SD-1.5 UNet (--toy-sd)', subfolder='unet') if diffusion else None
     lm, lm_head = full.model.language_model, full.lm_head  # the Qwen vision tower is dropped: SigLIP2 replaces it
     del full.model.visual
     s = int(vision.config.num_patches ** 0.5) * vision.config.patch_size  # SigLIP2 (NaFlex) stores patches, not size
     return ToyUMM(vision, lm, lm_head, vae, tok, s, vision.config.patch_size,
-                  dict(answer='Answer:', caption='Caption:', image='Image:'))
+                  dict(answer='Answer:', caption='Caption:', image='Image:'), unet)
 
 
 # -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The toy UMM and the UMM contract on `tiny-toy`: offline construction, shapes, per-sample losses, LoRA-only
-gradients, a differentiable decoder, the reference CE, and the clear error for missing pretrained weights.
+gradients, a differentiable decoder, the reference CE, the clear error for missing pretrained weights, and the
+shape-tested diffusion decoder (img2img, differentiable in z, perturbed, loads over a VAE base).
 Run: python -m pytest -q tests/test_toy_umm.py"""
 
 import pytest
@@ -113,6 +114,68 @@ def test_base_checkpoint_round_trip_and_bad_init(tmp_path, batch):
     torch.testing.assert_close(z, b.encode(batch['images']))
     with pytest.raises(FileNotFoundError, match='--init'):
         model.load_backbone('tiny-toy', init=str(tmp_path / 'nope'))
+
+
+# ---- decoder='diffusion': shape-tested only (a tiny UNet does not train on a CPU, ../shared/FEASIBILITY.md) ----
+
+@pytest.fixture(scope='module')
+def diffusion_umm():
+    torch.manual_seed(0)
+    return model.load_backbone('tiny-toy', decoder='diffusion').eval()
+
+
+def test_default_decoder_is_the_one_step_vae(umm):
+    assert umm.decoder == 'vae' and umm.unet is None and not hasattr(umm, 'cross_adapter')
+    assert not any(k.startswith(('unet.', 'cross_adapter.')) for k in umm.state_dict())
+    with pytest.raises(ValueError, match="'vae' or 'diffusion'"):
+        toy_umm.build_tiny_toy(decoder='unet')
+
+
+def test_diffusion_decode_is_img2img_differentiable_and_perturbed(diffusion_umm, batch):
+    from diffusers import UNet2DConditionModel
+    from perturber import Perturber
+    umm, x, q = diffusion_umm, batch['images'], batch['questions']
+    assert umm.decoder == 'diffusion' and isinstance(umm.unet, UNet2DConditionModel)
+    z = umm.encode(x).detach().requires_grad_()
+    torch.manual_seed(1)
+    x_tilde, delta = umm.decode(x, z, q)
+    assert x_tilde.shape == x.shape and delta is None and 0 <= x_tilde.min() and x_tilde.max() <= 1
+    assert not torch.allclose(x_tilde, umm.render(z))  # the UNet's output, not the one-step VAE render
+    x_tilde.sum().backward()  # z reaches the output only through cross-attention
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    torch.manual_seed(1)  # the same noise: img2img starts from x's latents, so other images give other outputs
+    assert not torch.allclose(umm.decode(x.flip(0), z.detach(), q)[0], x_tilde.detach())
+    c = Perturber(umm.hidden_size, width=16, eps_max=0.5)
+    torch.manual_seed(1)
+    x_pert, delta = umm.decode(x, z.detach(), q, perturb=c)
+    assert delta.shape == z.shape and not torch.allclose(x_pert, x_tilde.detach())
+    torch.manual_seed(1)
+    torch.testing.assert_close(x_pert, umm.diffuse(z.detach() + delta, x))  # delta lands on the shared tokens
+    x_pert.sum().backward()
+    assert c.theta.grad is not None and c.theta.grad != 0
+
+
+def test_diffusion_generate_starts_from_noise(diffusion_umm, batch):
+    torch.manual_seed(2)
+    images = diffusion_umm.generate(batch['captions'][:2])
+    assert images.shape == (2, 3, 36, 36) and 0 <= images.min() and images.max() <= 1
+    assert not torch.allclose(images, diffusion_umm.render(diffusion_umm.predict_tokens(batch['captions'][:2])))
+
+
+def test_diffusion_decoder_loads_a_vae_base_and_mismatched_bases_fail(tmp_path, batch, capsys):
+    base = model.load_backbone('tiny-toy')
+    toy_umm.save_base(base, tmp_path / 'base')
+    umm = model.load_backbone('tiny-toy', init=str(tmp_path / 'base'), decoder='diffusion')  # UNet, adapter new
+    assert 'UNet' in capsys.readouterr().out
+    torch.testing.assert_close(umm.encode(batch['images']), base.encode(batch['images']))
+    torch.testing.assert_close(umm.render(umm.encode(batch['images'])), base.render(base.encode(batch['images'])))
+    toy_umm.save_base(umm, tmp_path / 'with_unet')  # extra keys for the default decoder
+    with pytest.raises(RuntimeError, match='unexpected.*unet'):
+        model.load_backbone('tiny-toy', init=str(tmp_path / 'with_unet'))
+    state = {k: v for k, v in base.state_dict().items() if k != 'queries'}  # a key of the base itself is missing
+    torch.save({'backbone': 'tiny-toy', 'state_dict': state}, tmp_path / 'broken.pt')
+    with pytest.raises(RuntimeError, match="missing \\['queries'\\]"):
+        model.load_backbone('tiny-toy', init=str(tmp_path / 'broken.pt'), decoder='diffusion')
 
 
 def test_tokenizer_round_trips_the_vocabulary():
