@@ -210,7 +210,7 @@ def load_checkpoint(path):
         with open(os.path.join(path, 'config.json')) as f:
             config = json.load(f)
         base = config.get('init') or None
-        umm = model.load_backbone(config['backbone'], init=base)
+        umm = model.load_backbone(config['backbone'], init=base, decoder=config.get('decoder', 'vae'))
         umm.add_lora(r=config['lora_r'], alpha=config['lora_alpha'], dropout=config['lora_dropout'])
         umm.load_trainable(os.path.join(path, 'adapter'))
     judges = [p for p in (os.path.join(path, 'judge.pt'), base and os.path.join(base, 'judge.pt')) if p]

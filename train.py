@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import signal
 import time
 
@@ -41,6 +42,9 @@ p.add_argument('--out_dir', '--out-dir', default=None, help='run directory (defa
 p.add_argument('--decode', default='regen', choices=['regen', 't2i'],
                help="Janus candidates: regen (x's VQ codes re-predicted in one teacher-forced pass, delta on the image "
                     "states) or t2i (autoregressive text-to-image from the question, delta on each fed-back code)")
+p.add_argument('--decoder', default='vae', choices=['vae', 'diffusion'],
+               help="toy G: vae (one-step VAE decode of adapter(z)) or diffusion (SD-1.5 UNet img2img conditioned on "
+                    "adapter(z) by cross-attention; never trained here, so shape-tested only)")
 p.add_argument('--gen-temperature', type=float, default=None,
                help='Janus image-code sampling temperature; 0 = argmax (default: 0 for regen, 1 for t2i)')
 # LoRA
@@ -183,7 +187,7 @@ elif args.mode == 'pretrain':
 # the UMM with LoRA on U, the perturber C, the judge, the buffer B, one optimizer each for U and C
 torch.manual_seed(args.seed)  # same init on every rank: trainable weights start (and stay) identical
 umm = model.load_backbone(args.backbone, init=args.init or None, dtype=ptdtype, decode=args.decode,
-                          gen_temperature=args.gen_temperature).to(device)
+                          decoder=args.decoder, gen_temperature=args.gen_temperature).to(device)
 umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout).train()
 C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
 unigame = args.mode == 'unigame'
@@ -421,13 +425,18 @@ timings[args.mode] = time.time() - t_train
 # what the run changed: the adapter for users (peft format), and base vs trained on val, clean and shifted
 if master:
     umm.save_trainable(os.path.join(args.out_dir, 'adapter'))
+    # peak memory of training: the GPU's allocator peak, or on CPU the process's peak resident set (Linux: KiB)
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith('cuda') else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    final = dict(peak_memory_mb=round(peak_mb), timings=timings)
     if args.val_size > 0 and args.backbone == 'tiny-toy':
         t0 = time.time()
         with ctx:
-            table = evaluate.base_vs_trained(umm, args.val_size, label=args.mode)
+            final.update(evaluate.base_vs_trained(umm, args.val_size, label=args.mode))
         timings['eval'] = time.time() - t0
-        with open(os.path.join(args.out_dir, 'final.json'), 'w') as f:
-            json.dump(dict(**table, timings=timings), f, indent=1)
-    print('time: ' + ', '.join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))
+    with open(os.path.join(args.out_dir, 'final.json.tmp'), 'w') as f:  # written last: the run is complete
+        json.dump(final, f, indent=1)
+    os.replace(os.path.join(args.out_dir, 'final.json.tmp'), os.path.join(args.out_dir, 'final.json'))
+    print('time: ' + ', '.join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + f"; peak memory {peak_mb:.0f} MB")
 if ddp:
     dist.destroy_process_group()

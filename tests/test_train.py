@@ -145,6 +145,14 @@ def test_sft_and_bf16_runs(base, tmp_path):
     assert all(v is None or v == v for v in metrics(str(tmp_path / 'bf16'))[-1].values())  # no NaN
 
 
+def test_diffusion_decoder_runs_the_game(base, tmp_path):
+    """--decoder diffusion: candidates come from the UNet img2img branch (new, untrained modules on this base)."""
+    out = str(tmp_path / 'diff')
+    r = run('--init', base, '--out_dir', out, '--steps', '2', '--decoder', 'diffusion', '--min-sim', '-1', *FAST)
+    assert json.load(open(os.path.join(out, 'config.json')))['decoder'] == 'diffusion'
+    assert metrics(out)[-1]['buffer'] > 0 and 'UNet' in r.stdout  # load_base names the new parts
+
+
 def test_resume_continues_exactly(base, tmp_path):
     a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
     run('--init', base, '--out_dir', a, '--steps', '8', *FAST)

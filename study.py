@@ -1,0 +1,217 @@
+"""
+The reproduction study on CPU: does UniGame beat SFT on the toy, and does Table 4's ordering hold?
+
+From one tiny-toy base, every run is `train.py` with the same steps, data order, batch and und_lr; only the game
+differs. Each trained model is scored once on the test split by evaluate.py's toy suite. The hyper-parameters below
+were chosen on val (README, "How the study's settings were chosen"), never on this table.
+
+    python study.py                                    # 5 seeds SFT vs UniGame + Table 4 (3 seeds) + cost
+    python study.py --seeds 1 --ablation-seeds 0 --steps 20 --size 200 --subset 100 --groups 100 \\
+        --out_dir out/study_quick                      # a quick check of the plumbing (about 3 min + the base)
+
+Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
+score.json), an interrupted run resumes from its checkpoint. Results: OUT_DIR/study.json and OUT_DIR/study.md.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+import data
+import evaluate
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# Table 4 on the toy, top to bottom; the flags are train.py's (the README's table maps them to the paper's rows)
+ROWS = {
+    'sft': ['--mode', 'sft'],
+    'noise_token': ['--perturb', 'random', '--space', 'token', '--filter', 'none', '--buffer-size', '0'],
+    'adv_token': ['--space', 'token', '--filter', 'none', '--buffer-size', '0'],
+    'adv_token_cos': ['--space', 'token', '--filter', 'cosine', '--buffer-size', '0'],
+    'adv_token_cos_buf': ['--space', 'token', '--filter', 'cosine'],
+    'decoded': ['--filter', 'none', '--buffer-size', '0'],
+    'decoded_cos': ['--filter', 'cosine', '--buffer-size', '0'],
+    'decoded_clip': ['--filter', 'clip', '--buffer-size', '0'],
+    'full': ['--filter', 'clip'],
+}
+# the numbers a table shows, as keys of evaluate.flatten(score)
+METRICS = {'clean': 'clean all', **{s: f'shift {s}' for s in data.SHIFTS}, 'G-Acc': 'natural G_Acc',
+           'PGD': 'pgd', 're-read': 'reread', 'consistency': 'consistency mean'}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t_{0.975, df}
+
+
+def atomic_json(obj, path):
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
+def train(run_dir, flags, log):
+    """One train.py run, unless it already finished (final.json); an interrupted one resumes from its checkpoint."""
+    if os.path.isfile(os.path.join(run_dir, 'final.json')):
+        return
+    resume = ['--resume'] if os.path.isfile(os.path.join(run_dir, 'ckpt.pt')) else []
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, 'train.log'), 'w') as out:
+        r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir', run_dir, *flags, *resume],
+                           stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"study.py: {run_dir} failed (exit {r.returncode}); see {run_dir}/train.log")
+    log(f"trained {run_dir}")
+
+
+def score(ckpt, sets, few, path, log):
+    """The toy suite on one checkpoint, once: the flat scores are cached in `path`."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    t0 = time.time()
+    umm, judge = evaluate.load_checkpoint(ckpt)
+    result = evaluate.evaluate_model(umm, judge, sets, few, dict(eps=8 / 255, steps=10, step_size=2 / 255))
+    flat = {**evaluate.flatten({k: v for k, v in result.items() if k != 'seconds'}), 'seconds': result['seconds']}
+    flat['shift mean'] = sum(flat[f'shift {s}'] for s in data.SHIFTS) / len(data.SHIFTS)
+    atomic_json(flat, path)
+    log(f"scored {ckpt} in {time.time() - t0:.0f}s")
+    return flat
+
+
+def mean_std(values):
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+    return m, s
+
+
+def paired_interval(a, b):
+    """Mean of b - a over seeds and its 95% t-interval half-width (nan for one seed): runs are paired by seed."""
+    d = [y - x for x, y in zip(a, b)]
+    m, s = mean_std(d)
+    return m, T975.get(len(d) - 1, 1.96) * s / math.sqrt(len(d)) if len(d) > 1 else math.nan
+
+
+def cell(m, s, scale=100):
+    return f"{scale * m:.1f}" + ('' if math.isnan(s) else f" ± {scale * s:.1f}")
+
+
+def markdown(scores, base, names, seeds, metrics):
+    """One row per run name (mean ± std over `seeds`, in points) with the base as the first row."""
+    head = '| run | seeds | ' + ' | '.join(metrics) + ' |\n|---|---|' + '---|' * len(metrics) + '\n'
+    rows = [f"| base | - | " + ' | '.join(f"{100 * base[metrics[k]]:.1f}" for k in metrics) + ' |']
+    for n in names:
+        per = [scores[n][s] for s in range(seeds)]
+        rows.append(f"| {n} | {seeds} | " + ' | '.join(cell(*mean_std([p[metrics[k]] for p in per])) for k in metrics)
+                    + ' |')
+    return head + '\n'.join(rows) + '\n'
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--init', default='out/base', help='the tiny-toy base (built by train.py --mode pretrain if missing)')
+    p.add_argument('--out_dir', '--out-dir', default='out/study', help='where runs, scores and tables go')
+    p.add_argument('--seeds', type=int, default=5, help='seeds of the SFT vs UniGame (full) comparison')
+    p.add_argument('--ablation-seeds', type=int, default=3, help="seeds of each Table 4 row (0: skip Table 4)")
+    # the post-training budget and the settings chosen on val; the same for every run
+    p.add_argument('--steps', type=int, default=300, help='post-training steps of every run')
+    p.add_argument('--und-lr', type=float, default=2e-4, help="U's LoRA learning rate, the same for every run")
+    p.add_argument('--eps', type=float, default=1.0, help="eps_max of C (per-token L2; the toy's z has norm ~6)")
+    p.add_argument('--lam', type=float, default=0.2, help="Eq. 7's lambda on ||delta||^2")
+    p.add_argument('--min-sim', type=float, default=0.6, help="the semantic filter's threshold")
+    p.add_argument('--extra', default='', help='more train.py flags for every run, e.g. "--dtype bfloat16"')
+    # eval (test split)
+    p.add_argument('--size', type=int, default=2000, help='test questions of the clean set and of each shift')
+    p.add_argument('--subset', type=int, default=1000, help='the first N get PGD, re-reading and consistency')
+    p.add_argument('--groups', type=int, default=1000, help='NaturalBench-style groups for G-Acc')
+    args = p.parse_args()
+    for flag in ('seeds', 'steps', 'size', 'subset', 'groups'):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag}: must be >= 1, got {getattr(args, flag)}")
+    if args.ablation_seeds < 0:
+        p.error(f"--ablation-seeds: must be >= 0, got {args.ablation_seeds}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    t_start = time.time()
+    log = lambda msg: print(f"[{(time.time() - t_start) / 60:5.1f} min] {msg}", flush=True)
+
+    # 0. the base, once (about 10 min on 2 cores)
+    if not os.path.isfile(os.path.join(args.init, 'base.pt')):
+        log(f"building the base in {args.init}")
+        r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--mode', 'pretrain', '--out_dir',
+                            args.init], cwd=ROOT)
+        if r.returncode != 0:
+            raise SystemExit(f"study.py: building the base in {args.init} failed (exit {r.returncode})")
+    t_base = time.time() - t_start
+
+    # 1. train every (row, seed): the comparison's seeds for sft and full, the ablation seeds for every row
+    plan = {n: max(args.ablation_seeds, args.seeds if n in ('sft', 'full') else 0) for n in ROWS}
+    plan = {n: k for n, k in plan.items() if k > 0}
+    common = ['--init', args.init, '--steps', str(args.steps), '--und-lr', str(args.und_lr), '--eps', str(args.eps),
+              '--lam', str(args.lam), '--min-sim', str(args.min_sim), '--val-size', '0', *args.extra.split()]
+    for seed in range(max(plan.values())):  # seed-major: an interrupted study has whole seeds, not whole rows
+        for n, k in plan.items():
+            if seed < k:
+                train(os.path.join(args.out_dir, n, f'seed{seed}'), [*common, *ROWS[n], '--seed', str(seed)], log)
+    t_train = time.time() - t_start - t_base
+
+    # 2. score every model once on test (the base too), with the sets built once
+    sets = {'clean': data.ShapesVQA('test', args.size), 'natural': data.NaturalGroups('test', args.groups),
+            **{s: data.ShapesVQA('test', args.size, shift=s) for s in data.SHIFTS}}
+    few = torch.utils.data.Subset(sets['clean'], range(min(args.subset, args.size)))
+    base = score(args.init, sets, few, os.path.join(args.out_dir, 'base_score.json'), log)
+    scores = {n: [score(os.path.join(args.out_dir, n, f'seed{s}'), sets, few,
+                        os.path.join(args.out_dir, n, f'seed{s}', 'score.json'), log) for s in range(k)]
+              for n, k in plan.items()}
+    t_eval = time.time() - t_start - t_base - t_train
+
+    # 3. tables: SFT vs UniGame over seeds with paired 95% intervals; Table 4; the cost of each row
+    metrics = {**METRICS, 'OOD mean': 'shift mean'}
+    main_table = markdown(scores, base, ['sft', 'full'], args.seeds, metrics)
+    diff = {k: paired_interval([s[v] for s in scores['sft'][:args.seeds]], [s[v] for s in scores['full'][:args.seeds]])
+            for k, v in metrics.items()}
+    main_table += '| full − sft (95% CI) | ' + f"{args.seeds} | " + ' | '.join(
+        f"{100 * m:+.1f}" + ('' if math.isnan(h) else f" ± {100 * h:.1f}") for m, h in diff.values()) + ' |\n'
+    ablation = markdown(scores, base, list(plan), args.ablation_seeds, metrics) if args.ablation_seeds else ''
+    cost = {}
+    for n in plan:
+        runs = [os.path.join(args.out_dir, n, f'seed{s}') for s in range(plan[n])]
+        steps = [r['step_time'] for d in runs for r in map(json.loads, open(os.path.join(d, 'metrics.jsonl')))
+                 if r['step'] > 0]
+        peaks = [json.load(open(os.path.join(d, 'final.json')))['peak_memory_mb'] for d in runs]
+        cost[n] = dict(ms_per_step=1000 * sum(steps) / len(steps), peak_memory_mb=max(peaks))
+    cost_table = '| run | ms/step | × SFT | peak memory (MB) |\n|---|---|---|---|\n' + ''.join(
+        f"| {n} | {c['ms_per_step']:.1f} | {c['ms_per_step'] / cost['sft']['ms_per_step']:.2f} | "
+        f"{c['peak_memory_mb']} |\n" for n, c in cost.items())
+    decode_ms = decode_cost(args.init)
+    minutes = dict(base=t_base / 60, train=t_train / 60, eval=t_eval / 60, total=(time.time() - t_start) / 60)
+    text = (f"## SFT vs UniGame (test split, points, mean ± std over {args.seeds} seeds)\n\n{main_table}\n"
+            + (f"## Table 4 on the toy ({args.ablation_seeds} seeds)\n\n{ablation}\n" if ablation else '')
+            + f"## Cost (2 cores unless stated)\n\n{cost_table}\nG(z + delta) decode: {decode_ms:.2f} ms per "
+            f"candidate (batch 32)\n\nwall time: " + ', '.join(f"{k} {v:.1f} min" for k, v in minutes.items()) + '\n')
+    atomic_json(dict(settings=vars(args), base=base, scores=scores, diff_full_minus_sft=diff, cost=cost,
+                     decode_ms_per_candidate=decode_ms, minutes=minutes), os.path.join(args.out_dir, 'study.json'))
+    with open(os.path.join(args.out_dir, 'study.md'), 'w') as f:
+        f.write(text)
+    print('\n' + text + f"\nwrote {args.out_dir}/study.json and {args.out_dir}/study.md")
+
+
+@torch.no_grad()
+def decode_cost(init, batch=32, reps=5):
+    """ms per candidate of G(z + C(z)) on the base, batch 32: the best of `reps` timings."""
+    import model
+    from perturber import Perturber
+    umm = model.load_backbone('tiny-toy', init=init).eval()
+    ds = data.ShapesVQA('val', batch)
+    b = data.collate([ds[i] for i in range(batch)])
+    C, z = Perturber(umm.hidden_size), umm.encode(b['images'])
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.time()
+        umm.decode(b['images'], z, b['questions'], perturb=C)
+        best = min(best, time.time() - t0)
+    return 1000 * best / batch
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,43 @@
+"""study.py: the paired interval by hand, and a one-seed quick study end to end that a second call does not redo.
+Run: python -m pytest -q tests/test_study.py   (about a minute on 2 cores)"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import study
+import toy_umm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paired_interval_by_hand():
+    # differences 1, 2, 3: mean 2, sample std 1, t(0.975, 2 df) = 4.303 -> half-width 4.303 / sqrt(3)
+    m, h = study.paired_interval([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
+    assert m == 2.0 and abs(h - 4.303 / math.sqrt(3)) < 1e-9
+    m, h = study.paired_interval([0.5], [0.25])
+    assert m == -0.25 and math.isnan(h)
+
+
+def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
+    base, out = str(tmp_path / 'base'), str(tmp_path / 'study')
+    toy_umm.pretrain(base, steps=3, batch_size=16, train_size=200, val_size=16, eval_every=1000)
+    cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', base, '--out_dir', out, '--seeds', '1',
+           '--ablation-seeds', '0', '--steps', '2', '--size', '40', '--subset', '20', '--groups', '10',
+           '--min-sim', '-1', '--extra', '--batch-size 8 --train-size 200 --replay 4 --log-every 1']
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    with open(os.path.join(out, 'study.json')) as f:
+        result = json.load(f)
+    assert set(result['scores']) == {'sft', 'full'} and len(result['scores']['full']) == 1
+    full, sft = result['scores']['full'][0], result['scores']['sft'][0]
+    assert 0 <= full['clean all'] <= 1 and 0 <= sft['pgd'] <= sft['clean all']  # PGD counts right-and-attacked
+    with open(os.path.join(out, 'full', 'seed0', 'metrics.jsonl')) as f:
+        assert any(json.loads(line)['L_C'] is not None for line in f)  # the full row really played the game
+    md = open(os.path.join(out, 'study.md')).read()
+    assert '| full − sft (95% CI) |' in md and '| sft |' in md
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert second.returncode == 0 and 'trained' not in second.stdout and 'scored' not in second.stdout
