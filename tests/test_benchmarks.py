@@ -202,9 +202,9 @@ def test_mmmu_multiple_choice_and_open(tmp_path):
 
 def test_mmmu_parquet(tmp_path):
     pa, pq = pytest.importorskip('pyarrow'), pytest.importorskip('pyarrow.parquet')
-    pq.write_table(pa.Table.from_pylist([dict(id='x', question='Q', options="['red', 'blue']", answer='A',
-                                              question_type='multiple-choice',
-                                              image_1={'bytes': png_bytes('red'), 'path': None})]), tmp_path / 'm.parquet')
+    record = dict(id='x', question='Q', options="['red', 'blue']", answer='A', question_type='multiple-choice',
+                  image_1={'bytes': png_bytes('red'), 'path': None})
+    pq.write_table(pa.Table.from_pylist([record]), tmp_path / 'm.parquet')
     items = B.load_mmmu(str(tmp_path / 'm.parquet'))
     assert B.score('mmmu', items, B.predict(Scripted(), items))['accuracy'] == 1.0
 
