@@ -53,6 +53,19 @@ def test_vqa_unanimous_answers_are_compared_exactly(prediction, expected):
     assert S.vqa_accuracy(prediction, ['yes'] * 10) == expected
 
 
+@pytest.mark.parametrize('prediction, answers, expected', [
+    ('two', ['2'] * 10, 0.0),                # unanimous: "two" is not mapped to "2" ...
+    ('a dog', ['dog'] * 10, 0.0),            # ... nor the article dropped ...
+    ('dont', ["don't"] * 10, 0.0),           # ... nor the contraction restored
+    ('YES', ['yes'] * 9 + ['Yes'], 1.0),     # "Yes" != "yes" before normalising, so not unanimous: all ten become
+                                             # "yes", the prediction too, and every annotator sees 9 matches
+    ('2.', _answers('2', 3), 0.9),           # a trailing period after a digit goes too (not followed by a digit), k=3
+])
+def test_vqa_unanimity_is_decided_on_the_raw_answers(prediction, answers, expected):
+    # vqaEval.py (master): the answers are only stripped of \n, \t and outer spaces before `len(set(gtAnswers)) > 1`
+    assert S.vqa_accuracy(prediction, answers) == pytest.approx(expected, abs=1e-12)
+
+
 def test_vqa_period_strip_is_capped_at_32():
     # official quirk: periodStrip.sub("", text, re.UNICODE) passes 32 as `count`; 40 periods leave 8 behind, so
     # "x" + 8 periods != "x" -> 0 matches. A plain "remove every period" would give k=3 -> 0.9.
