@@ -207,6 +207,8 @@ def load_mmbench(path):
                              f"{path}: index {r['index']} image")
         options, answer = [r[c] for c in 'ABCDEFGHI' if r.get(c, '') not in ('', 'nan')], r.get('answer') or None
         hint = r['hint'] + '\n' if r.get('hint', '') not in ('', 'nan') else ''
+        if answer and answer not in 'ABCDEFGHI'[:len(options)]:
+            raise ValueError(f"{path!r}: index {r['index']} answer {answer!r} is not one of its {len(options)} options")
         for shift in range(1 if circular else len(options)):
             opts, gt = scorers.mmbench_rotate(options, answer or 'A', shift)
             prompt = hint + r['question'] + '\n' + ''.join(f"{chr(65 + j)}. {o}\n" for j, o in enumerate(opts)) + LETTER

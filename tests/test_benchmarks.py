@@ -16,7 +16,6 @@ from PIL import Image
 
 import benchmarks as B
 import model
-import scorers
 
 COLORS = {'red': (255, 0, 0), 'green': (0, 255, 0), 'blue': (0, 0, 255)}
 
