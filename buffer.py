@@ -280,12 +280,13 @@ class Judge(nn.Module):
             raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
         return (self._embed(a, None)[0] * self._embed(b, None)[0]).sum(-1)  # (B,)
 
-    def contrastive_loss(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """Symmetric CLIP InfoNCE over the batch; pair i is (images[i], texts[i]), every other pair a negative."""
+    def contrastive_loss(self, images: torch.Tensor, texts: list[str], negatives: list[str] | None = None):
+        """Symmetric CLIP InfoNCE over the batch; pair i is (images[i], texts[i]), every other pair a negative.
+        `negatives` (e.g. data.hard_negative of each text) are extra wrong texts every image must rank below its own."""
         if len(texts) != len(images):
             raise ValueError(f"texts has {len(texts)} items but images has {len(images)}")
-        img, txt = self._embed(images, texts)
+        img, txt = self._embed(images, list(texts) + list(negatives or []))
         scale = self.model.logit_scale.float().exp().clamp(max=100)  # CLIP caps the temperature at 100
-        logits = scale * img @ txt.T  # (B, B)
+        logits = scale * img @ txt.T  # (B, B + negatives)
         labels = torch.arange(len(img), device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :len(img)].T, labels)) / 2

@@ -200,6 +200,17 @@ def caption(scene: Scene) -> str:
     return ' , '.join(parts) + f' on {scene.background}'
 
 
+def hard_negative(caption: str, rng: np.random.Generator) -> str:
+    """The caption with one object's shape or colour changed: one word away, yet no longer the scene. The judge
+    trains against these (NegCLIP-style) so that its filter sees a square turned into a circle."""
+    words = caption.split()
+    slots = [i for i, w in enumerate(words) if w in SHAPES or w in COLORS]
+    i = slots[rng.integers(len(slots))]
+    pool = SHAPES if words[i] in SHAPES else tuple(COLORS)
+    words[i] = pool[(pool.index(words[i]) + rng.integers(1, len(pool))) % len(pool)]  # any other word of its kind
+    return ' '.join(words)
+
+
 # -----------------------------------------------------------------------------
 # OOD shifts: same scenes, same questions, natural conditions the model never saw
 

@@ -23,6 +23,7 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -363,6 +364,7 @@ def pretrain(out_dir, steps=1300, batch_size=64, lr=1e-3, warmup=50, lambda_gen=
     judge_opt = torch.optim.AdamW(judge.parameters(), lr=judge_lr, weight_decay=0.01)
     os.makedirs(out_dir, exist_ok=True)
     metrics, t_start, val = open(os.path.join(out_dir, 'metrics.jsonl'), 'w'), time.time(), None
+    neg_rng = np.random.default_rng(seed)  # the judge's hard negatives draw from their own stream, not torch's
     for step in (bar := tqdm(range(steps), desc='pretrain', dynamic_ncols=True)):
         last_step, row = step == steps - 1, dict(step=step)
         b = data.collate([train_set[i] for i in data.batch_indices(step, len(train_set), batch_size, seed)])
@@ -377,7 +379,8 @@ def pretrain(out_dir, steps=1300, batch_size=64, lr=1e-3, warmup=50, lambda_gen=
             l_gen = umm.reconstruction_loss(x[:gen_batch], z[:gen_batch]).mean()         # Eq. 2
             l_t2i = umm.t2i_loss(b['captions'][:gen_batch], z[:gen_batch]).mean()
             loss = l_und + caption_weight * l_cap + lambda_gen * l_gen + t2i_weight * l_t2i
-            l_judge = judge.contrastive_loss(x, b['captions'])
+            negatives = [data.hard_negative(c, neg_rng) for c in b['captions']]  # one word changed: shape or colour
+            l_judge = judge.contrastive_loss(x, b['captions'], negatives)
         opt.zero_grad(set_to_none=True)
         judge_opt.zero_grad(set_to_none=True)
         (loss + l_judge).backward()  # the judge shares nothing with the UMM: one backward serves both

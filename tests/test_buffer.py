@@ -188,6 +188,21 @@ def _colour_batch(g, size=36):
     return (rgb.expand(-1, -1, size, size) * 0.8 + 0.1 + 0.05 * torch.randn(8, 3, size, size, generator=g)).clamp(0, 1)
 
 
+def test_hard_negatives_enter_the_image_to_text_side_only():
+    """With negatives, the image->text softmax also spans them; by hand from the embeddings."""
+    torch.manual_seed(0)
+    judge = Judge.tiny(["a", "red", "blue", "square", "circle"])
+    x, texts, negs = torch.rand(3, 3, 36, 36), ["a red square", "a blue circle", "a red circle"], \
+        ["a blue square", "a red circle", "a blue circle"]
+    img, txt = judge._embed(x, texts + negs)
+    logits = judge.model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (3, 6)
+    labels = torch.arange(3)
+    expected = (torch.nn.functional.cross_entropy(logits, labels) +
+                torch.nn.functional.cross_entropy(logits[:, :3].T, labels)) / 2
+    assert torch.allclose(judge.contrastive_loss(x, texts, negs), expected, atol=1e-5)
+    assert judge.contrastive_loss(x, texts, negs) > judge.contrastive_loss(x, texts)  # more wrong texts to beat
+
+
 def test_word_tokenizer_ids():
     tok = WordTokenizer(["Red", "blue", "red"], context_length=5)
     # pad 0, <unk> 1, red 2, blue 3, EOT 4 (the largest id, where open_clip's argmax pool reads the text feature)

@@ -1,6 +1,7 @@
 """Synthetic shapes data: determinism, disjoint splits, hand-checked answers, OOD shifts that keep the questions,
 and NaturalBench-style groups whose answers really flip.  Run: python -m pytest -q tests/test_data.py"""
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,6 +89,19 @@ def test_captions_determine_the_scene():
             parsed.add((color, shape, data.ROWS.index(row), data.COLS.index(col)))
         assert parsed == {(o.color, o.shape, o.row, o.col) for o in scene.objects}
         assert cap.endswith(' on ' + scene.background)
+
+
+def test_hard_negatives_change_one_shape_or_colour_word():
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for cap in data.ShapesVQA('train', 200).captions:
+        neg = data.hard_negative(cap, rng)
+        changed = [(a, b) for a, b in zip(cap.split(), neg.split()) if a != b]
+        assert len(neg.split()) == len(cap.split()) and len(changed) == 1
+        (a, b), = changed
+        assert (a in data.SHAPES and b in data.SHAPES) or (a in data.COLORS and b in data.COLORS)
+        kinds.add(a in data.SHAPES)
+    assert kinds == {True, False}  # both kinds of change happen
 
 
 def test_splits_are_disjoint():
