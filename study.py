@@ -10,7 +10,7 @@ were chosen on val (README, "How the study's settings were chosen"), never on th
         --out_dir out/study_quick                      # a quick check of the plumbing (about 3 min + the base)
 
 Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
-score.json), an interrupted run resumes from its checkpoint. Results: OUT_DIR/study.json and OUT_DIR/study.md.
+score.json) and an interrupted run resumes from its checkpoint. Results: OUT_DIR/study.json and OUT_DIR/study.md.
 """
 
 import argparse
@@ -51,7 +51,7 @@ def atomic_json(obj, path):
     os.replace(path + '.tmp', path)
 
 
-def train(run_dir, flags, log):
+def train(run_dir, flags):
     """One train.py run, unless it already finished (final.json); an interrupted one resumes from its checkpoint."""
     if os.path.isfile(os.path.join(run_dir, 'final.json')):
         return
@@ -62,21 +62,18 @@ def train(run_dir, flags, log):
                            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     if r.returncode != 0:
         raise SystemExit(f"study.py: {run_dir} failed (exit {r.returncode}); see {run_dir}/train.log")
-    log(f"trained {run_dir}")
 
 
-def score(ckpt, sets, few, path, log):
+def score(ckpt, sets, few, path):
     """The toy suite on one checkpoint, once: the flat scores are cached in `path`."""
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)
-    t0 = time.time()
     umm, judge = evaluate.load_checkpoint(ckpt)
     result = evaluate.evaluate_model(umm, judge, sets, few, dict(eps=8 / 255, steps=10, step_size=2 / 255))
     flat = {**evaluate.flatten({k: v for k, v in result.items() if k != 'seconds'}), 'seconds': result['seconds']}
     flat['shift mean'] = sum(flat[f'shift {s}'] for s in data.SHIFTS) / len(data.SHIFTS)
     atomic_json(flat, path)
-    log(f"scored {ckpt} in {time.time() - t0:.0f}s")
     return flat
 
 
@@ -144,26 +141,27 @@ def main():
             raise SystemExit(f"study.py: building the base in {args.init} failed (exit {r.returncode})")
     t_base = time.time() - t_start
 
-    # 1. train every (row, seed): the comparison's seeds for sft and full, the ablation seeds for every row
+    # 1. train and score every (row, seed) on test, the base too; the comparison's seeds for sft and full, the ablation
+    # seeds for every row; seed-major, so that an interrupted study has whole seeds rather than whole rows
     plan = {n: max(args.ablation_seeds, args.seeds if n in ('sft', 'full') else 0) for n in ROWS}
     plan = {n: k for n, k in plan.items() if k > 0}
     common = ['--init', args.init, '--steps', str(args.steps), '--und-lr', str(args.und_lr), '--eps', str(args.eps),
               '--lam', str(args.lam), '--min-sim', str(args.min_sim), '--val-size', '0', *args.extra.split()]
-    for seed in range(max(plan.values())):  # seed-major: an interrupted study has whole seeds, not whole rows
-        for n, k in plan.items():
-            if seed < k:
-                train(os.path.join(args.out_dir, n, f'seed{seed}'), [*common, *ROWS[n], '--seed', str(seed)], log)
-    t_train = time.time() - t_start - t_base
-
-    # 2. score every model once on test (the base too), with the sets built once
     sets = {'clean': data.ShapesVQA('test', args.size), 'natural': data.NaturalGroups('test', args.groups),
             **{s: data.ShapesVQA('test', args.size, shift=s) for s in data.SHIFTS}}
     few = torch.utils.data.Subset(sets['clean'], range(min(args.subset, args.size)))
-    base = score(args.init, sets, few, os.path.join(args.out_dir, 'base_score.json'), log)
-    scores = {n: [score(os.path.join(args.out_dir, n, f'seed{s}'), sets, few,
-                        os.path.join(args.out_dir, n, f'seed{s}', 'score.json'), log) for s in range(k)]
-              for n, k in plan.items()}
-    t_eval = time.time() - t_start - t_base - t_train
+    base = score(args.init, sets, few, os.path.join(args.out_dir, 'base_score.json'))
+    scores, total = {n: [] for n in plan}, sum(plan.values())
+    for seed in range(max(plan.values())):
+        for n, k in plan.items():
+            if seed < k:
+                run = os.path.join(args.out_dir, n, f'seed{seed}')
+                train(run, [*common, *ROWS[n], '--seed', str(seed)])
+                scores[n].append(score(run, sets, few, os.path.join(run, 'score.json')))
+                r = scores[n][-1]
+                log(f"{sum(map(len, scores.values()))}/{total} {run}: clean {r['clean all']:.3f}, "
+                    f"OOD mean {r['shift mean']:.3f}, PGD {r['pgd']:.3f}")
+    t_runs = time.time() - t_start - t_base
 
     # 3. tables: SFT vs UniGame over seeds with paired 95% intervals; Table 4; the cost of each row
     metrics = {**METRICS, 'OOD mean': 'shift mean'}
@@ -184,7 +182,7 @@ def main():
         f"| {n} | {c['ms_per_step']:.1f} | {c['ms_per_step'] / cost['sft']['ms_per_step']:.2f} | "
         f"{c['peak_memory_mb']} |\n" for n, c in cost.items())
     decode_ms = decode_cost(args.init)
-    minutes = dict(base=t_base / 60, train=t_train / 60, eval=t_eval / 60, total=(time.time() - t_start) / 60)
+    minutes = dict(base=t_base / 60, runs=t_runs / 60, total=(time.time() - t_start) / 60)
     text = (f"## SFT vs UniGame (test split, points, mean ± std over {args.seeds} seeds)\n\n{main_table}\n"
             + (f"## Table 4 on the toy ({args.ablation_seeds} seeds)\n\n{ablation}\n" if ablation else '')
             + f"## Cost (2 cores unless stated)\n\n{cost_table}\nG(z + delta) decode: {decode_ms:.2f} ms per "

@@ -39,5 +39,8 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
         assert any(json.loads(line)['L_C'] is not None for line in f)  # the full row really played the game
     md = open(os.path.join(out, 'study.md')).read()
     assert '| full − sft (95% CI) |' in md and '| sft |' in md
+    kept = [os.path.join(out, run, name) for run in ('sft/seed0', 'full/seed0') for name in ('final.json', 'score.json')]
+    stamps = [os.stat(p).st_mtime_ns for p in kept]
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert second.returncode == 0 and 'trained' not in second.stdout and 'scored' not in second.stdout
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert [os.stat(p).st_mtime_ns for p in kept] == stamps  # nothing was trained or scored again
