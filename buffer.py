@@ -72,10 +72,13 @@ class _Entry:
     hardness: float
     step: int  # training step at which it was mined
     qtype: str | None = None
+    hinge: float = 0.0  # H - CE at mining: the filter's part of H, which a rescore keeps
 
 
 class HardBuffer:
-    """At most `capacity` entries, the highest H kept. Replay does not remove entries; harder ones push them out."""
+    """At most `capacity` entries, the highest H kept; harder ones push the rest out. What replay does to an entry is
+    the caller's choice (train.py --buffer-policy): nothing (`keep`), rescore its H with the current CE (`rescore`), so
+    entries U has learnt sink and leave, or take it out (`consume`)."""
 
     def __init__(self, capacity: int = 50, space: str = 'decoded'):
         if capacity < 1:  # "no buffer" is the caller not building one (--buffer-size 0), not an empty store
@@ -99,9 +102,9 @@ class HardBuffer:
         """The H a candidate must beat once the buffer is full; nan when empty."""
         return self.entries[-1].hardness if self.entries else math.nan
 
-    def push(self, images, questions, answers, hardness, step: int, qtypes=None) -> int:
+    def push(self, images, questions, answers, hardness, step: int, qtypes=None, ce=None) -> int:
         """Insert candidates (images float (B, 3, h, w) in [0, 1], or tokens (B, N, H) in token space); returns how
-        many survived the ranking."""
+        many survived the ranking. `ce` (B,), the CE part of `hardness`, lets rescore() keep the filter's part."""
         if self.space == 'decoded':
             _check_images(images)
         elif not (torch.is_tensor(images) and images.is_floating_point() and images.dim() == 3):
@@ -121,7 +124,8 @@ class HardBuffer:
             pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # (B, 3, h, w)
         else:
             pixels = images.detach().float().cpu()                                               # (B, N, H)
-        new = [_Entry(pixels[i].clone(), str(questions[i]), str(answers[i]), hs[i], int(step), qtypes[i])
+        hinge = [0.0] * len(hs) if ce is None else [h - float(c) for h, c in zip(hs, ce.flatten().tolist())]
+        new = [_Entry(pixels[i].clone(), str(questions[i]), str(answers[i]), hs[i], int(step), qtypes[i], hinge[i])
                for i in range(len(images))]
         # Stable sort, old entries first: on a tie in H the incumbent stays; a full buffer only takes strictly harder.
         ranked = sorted(self.entries + new, key=lambda e: -e.hardness)[:self.capacity]
@@ -129,8 +133,10 @@ class HardBuffer:
         self.entries = ranked
         return sum(id(e) in kept for e in new)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> dict:
-        """n entries without replacement (n clipped to len): uniform, or with p ∝ exp(H / temperature)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None,
+               remove: bool = False) -> dict:
+        """n entries without replacement (n clipped to len): uniform, or with p ∝ exp(H / temperature). `remove`
+        takes them out of the buffer; else 'index' names them for rescore()."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         if temperature is not None and not temperature > 0:
@@ -147,6 +153,8 @@ class HardBuffer:
             w = ((h - h.max()) / temperature).clamp(min=-80).exp()  # (N,)
             idx = torch.multinomial(w, n, replacement=False, generator=generator).tolist()
         picked = [self.entries[i] for i in idx]
+        if remove:
+            self.entries = [e for i, e in enumerate(self.entries) if i not in set(idx)]
         if self.space == 'token':
             stored = torch.stack([e.image for e in picked]) if picked else torch.zeros(0, 0, 0)  # (n, N, H)
         else:
@@ -154,14 +162,24 @@ class HardBuffer:
                       else torch.zeros(0, 3, 0, 0))  # (n, 3, h, w); h, w unknown while empty
         return {self.key: stored, 'questions': [e.question for e in picked], 'answers': [e.answer for e in picked],
                 'hardness': torch.tensor([e.hardness for e in picked], dtype=torch.float32),
-                'steps': torch.tensor([e.step for e in picked], dtype=torch.long), 'qtypes': [e.qtype for e in picked]}
+                'steps': torch.tensor([e.step for e in picked], dtype=torch.long), 'qtypes': [e.qtype for e in picked],
+                'index': [] if remove else idx}
+
+    def rescore(self, index: list[int], ce) -> None:
+        """H of entries `index` (from sample) := their CE under the current U + their filter part; then re-rank."""
+        ce = [float(c) for c in (ce.detach().flatten().tolist() if torch.is_tensor(ce) else ce)]
+        if len(ce) != len(index) or not all(math.isfinite(c) for c in ce):
+            raise ValueError(f"need one finite CE per index ({len(index)}), got {ce}")
+        for i, c in zip(index, ce):
+            self.entries[i].hardness = c + self.entries[i].hinge
+        self.entries.sort(key=lambda e: -e.hardness)  # stable: ties keep their order
 
     def state_dict(self) -> dict:
         """Plain tensors, lists, str, int, float, None: loads with torch.load(weights_only=True)."""
         return dict(capacity=self.capacity, space=self.space, images=[e.image.clone() for e in self.entries],
                     questions=[e.question for e in self.entries], answers=[e.answer for e in self.entries],
                     hardness=[e.hardness for e in self.entries], steps=[e.step for e in self.entries],
-                    qtypes=[e.qtype for e in self.entries])
+                    qtypes=[e.qtype for e in self.entries], hinges=[e.hinge for e in self.entries])
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["capacity"] != self.capacity:
@@ -172,7 +190,8 @@ class HardBuffer:
         fields = ("images", "questions", "answers", "hardness", "steps", "qtypes")
         if len({len(sd[k]) for k in fields}) != 1 or len(sd["images"]) > self.capacity:
             raise ValueError(f"corrupt buffer state: lengths {[len(sd[k]) for k in fields]}, capacity {self.capacity}")
-        self.entries = [_Entry(*row) for row in zip(*(sd[k] for k in fields))]  # stored order = ranked order
+        hinges = sd.get("hinges", [0.0] * len(sd["images"]))
+        self.entries = [_Entry(*row, h) for *row, h in zip(*(sd[k] for k in fields), hinges)]  # ranked order
 
 
 class WordTokenizer:

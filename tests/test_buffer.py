@@ -123,6 +123,32 @@ def test_tempered_sampling_follows_softmax_of_hardness():
     assert all(abs(c / draws - 0.25) < 0.03 for c in uniform.values())
 
 
+def test_consume_takes_sampled_entries_out():
+    buf = HardBuffer(10)
+    buf.push(_images(6), [f"q{i}" for i in range(6)], ["a"] * 6, [6.0, 5, 4, 3, 2, 1], step=0)
+    s = buf.sample(2, generator=torch.Generator().manual_seed(0), remove=True)
+    left = [e.question for e in buf.entries]
+    assert len(buf) == 4 and not set(s["questions"]) & set(left) and s["index"] == []
+    assert left == [q for q in [f"q{i}" for i in range(6)] if q not in s["questions"]]  # the rest keep their rank
+
+
+def test_rescore_replaces_ce_keeps_the_filter_part_and_reranks():
+    buf = HardBuffer(3)
+    # H = CE + hinge: a (2.0 = 1.0 + 1.0), b (1.5 = 1.5 + 0), c (1.2 = 1.2 + 0)
+    buf.push(_images(3), ["a", "b", "c"], ["x"] * 3, torch.tensor([2.0, 1.5, 1.2]), step=0,
+             ce=torch.tensor([1.0, 1.5, 1.2]))
+    s = buf.sample(3, generator=torch.Generator().manual_seed(0))
+    ce_now = {"a": 0.1, "b": 0.05, "c": 1.0}  # U has learnt a and b since
+    buf.rescore(s["index"], [ce_now[q] for q in s["questions"]])
+    assert [e.question for e in buf.entries] == ["a", "c", "b"]  # a keeps its +1.0 filter part: 0.1 + 1.0
+    assert [e.hardness for e in buf.entries] == pytest.approx([1.1, 1.0, 0.05])
+    buf.push(_images(1), ["d"], ["x"], [0.5], step=1)  # now harder than the learnt b: it takes b's place
+    assert [e.question for e in buf.entries] == ["a", "c", "d"]
+    restored = HardBuffer(3)
+    restored.load_state_dict(buf.state_dict())
+    assert [e.hinge for e in restored.entries] == pytest.approx([1.0, 0.0, 0.0])
+
+
 def test_state_dict_roundtrip_weights_only():
     buf = HardBuffer(6)
     buf.push(_images(4), list("abcd"), list("wxyz"), [0.5, 2.5, 1.5, 3.5], step=7, qtypes=["c", None, "s", "n"])

@@ -96,7 +96,8 @@ def test_delta_stays_float32_under_bf16_autocast(base):
 
 def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
     out = str(tmp_path / 'ug')
-    run('--init', base, '--out_dir', out, '--steps', '6', '--eps', '0.05', '--min-sim', '-1', *FAST)  # judge untrained
+    run('--init', base, '--out_dir', out, '--steps', '6', '--eps', '0.05', '--min-sim', '-1', '--buffer-policy', 'keep',
+        *FAST)  # min-sim -1: the judge is untrained; keep: B holds what was mined
     rows = metrics(out)
     assert [r['step'] for r in rows] == [0, 2, 4, 5]
     for r in rows:
@@ -106,11 +107,22 @@ def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
         assert os.path.exists(os.path.join(out, name)), name
 
 
+def test_buffer_policies(base, tmp_path):
+    """consume: replay takes entries out (at most 4 kept per step here, 4 replayed), so B ends empty where keep's is
+    not; rescore: runs, and B's H are the current CEs (mean H stays finite and positive)."""
+    flags = ['--init', base, '--steps', '3', '--min-sim', '-1', *FAST]
+    run('--out_dir', str(tmp_path / 'consume'), '--buffer-policy', 'consume', *flags)
+    run('--out_dir', str(tmp_path / 'rescore'), '--buffer-policy', 'rescore', *flags)
+    assert metrics(str(tmp_path / 'consume'))[-1]['buffer'] == 0
+    last = metrics(str(tmp_path / 'rescore'))[-1]
+    assert last['buffer'] > 0 and 0 < last['H_mean'] < float('inf')
+
+
 def test_token_space_ablation_buffers_perturbed_tokens(base, tmp_path):
     """Table 4's embedding-only rows: B holds z + delta itself (float tokens), filtered by token cosine."""
     out = str(tmp_path / 'tok')
     run('--init', base, '--out_dir', out, '--steps', '4', '--space', 'token', '--filter', 'cosine', '--min-sim', '0.5',
-        *FAST)
+        '--buffer-policy', 'keep', *FAST)
     buf = torch.load(os.path.join(out, 'rank0.pt'), weights_only=True)['buffer']
     assert buf['space'] == 'token' and buf['images']
     assert all(t.dtype == torch.float32 and t.shape == (36, 128) for t in buf['images'])
@@ -148,7 +160,8 @@ def test_sft_and_bf16_runs(base, tmp_path):
 def test_diffusion_decoder_runs_the_game(base, tmp_path):
     """--decoder diffusion: candidates come from the UNet img2img branch (new, untrained modules on this base)."""
     out = str(tmp_path / 'diff')
-    r = run('--init', base, '--out_dir', out, '--steps', '2', '--decoder', 'diffusion', '--min-sim', '-1', *FAST)
+    r = run('--init', base, '--out_dir', out, '--steps', '2', '--decoder', 'diffusion', '--min-sim', '-1',
+            '--buffer-policy', 'keep', *FAST)
     assert json.load(open(os.path.join(out, 'config.json')))['decoder'] == 'diffusion'
     assert metrics(out)[-1]['buffer'] > 0 and 'UNet' in r.stdout  # load_base names the new parts
 
@@ -169,7 +182,7 @@ def test_resume_continues_exactly(base, tmp_path):
 
 def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     out = str(tmp_path / 'ddp')
-    run('--init', base, '--out_dir', out, '--steps', '4', '--min-sim', '-1', *FAST,
+    run('--init', base, '--out_dir', out, '--steps', '4', '--min-sim', '-1', '--buffer-policy', 'keep', *FAST,
         launcher=(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'))
     r0, r1 = (torch.load(os.path.join(out, f'rank{r}.pt'), weights_only=True) for r in (0, 1))
     assert r0['weights_sha256'] == r1['weights_sha256']
