@@ -321,7 +321,8 @@ def plot_gallery(run_dir, path, n=16):
     state = torch.load(state_path, weights_only=True).get('buffer') if os.path.isfile(state_path) else None
     if not state or not state['images']:
         why = 'has no buffer entries' if os.path.isfile(state_path) else 'does not exist'
-        print(f"gallery skipped: {state_path} {why} (an SFT run or --buffer-size 0 keeps none)")
+        print(f"gallery skipped: {state_path} {why} (SFT, --buffer-size 0 and --buffer-policy consume, which "
+              f"learns each entry once, can end with none)")
         return None
     if state.get('space', 'decoded') == 'token':
         print("gallery skipped: a token-space run (--space token) buffers tokens z + delta, not images")

@@ -27,7 +27,8 @@ import data
 import evaluate
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# Table 4 on the toy, top to bottom; the flags are train.py's (the README's table maps them to the paper's rows)
+# Table 4 on the toy, top to bottom (the README maps them to the paper's rows), then full_keep: the full game with B as
+# a store of the hardest candidates ever, replayed until harder ones push them out (train.py --buffer-policy keep)
 ROWS = {
     'sft': ['--mode', 'sft'],
     'noise_token': ['--perturb', 'random', '--space', 'token', '--filter', 'none', '--buffer-size', '0'],
@@ -38,6 +39,7 @@ ROWS = {
     'decoded_cos': ['--filter', 'cosine', '--buffer-size', '0'],
     'decoded_clip': ['--filter', 'clip', '--buffer-size', '0'],
     'full': ['--filter', 'clip'],
+    'full_keep': ['--filter', 'clip', '--buffer-policy', 'keep'],  # B as a store of the hardest ever, replayed
 }
 # the numbers a table shows, as keys of evaluate.flatten(score)
 METRICS = {'clean': 'clean all', **{s: f'shift {s}' for s in data.SHIFTS}, 'G-Acc': 'natural G_Acc',
@@ -116,7 +118,9 @@ def main():
     p.add_argument('--und-lr', type=float, default=2e-4, help="U's LoRA learning rate, the same for every run")
     p.add_argument('--eps', type=float, default=1.0, help="eps_max of C (per-token L2; the toy's z has norm ~6)")
     p.add_argument('--lam', type=float, default=0.2, help="Eq. 7's lambda on ||delta||^2")
-    p.add_argument('--min-sim', type=float, default=0.6, help="the semantic filter's threshold")
+    p.add_argument('--min-sim', type=float, default=0.83,
+                   help="the semantic filter's threshold (0.83: the 10th percentile of the judge's similarity on "
+                        "clean val image-caption pairs)")
     p.add_argument('--extra', default='', help='more train.py flags for every run, e.g. "--dtype bfloat16"')
     # eval (test split)
     p.add_argument('--size', type=int, default=2000, help='test questions of the clean set and of each shift')
