@@ -90,6 +90,7 @@ class HardBuffer:
         # z~ (N, H) kept as float32, since U then reads tokens that were never decoded
         self.key = 'images' if space == 'decoded' else 'tokens'
         self.entries: list[_Entry] = []  # always sorted by hardness, highest first
+        self.spent: list[_Entry] = []    # the last `capacity` entries consumed by replay, newest last: for galleries
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -155,6 +156,7 @@ class HardBuffer:
         picked = [self.entries[i] for i in idx]
         if remove:
             self.entries = [e for i, e in enumerate(self.entries) if i not in set(idx)]
+            self.spent = (self.spent + picked)[-self.capacity:]
         if self.space == 'token':
             stored = torch.stack([e.image for e in picked]) if picked else torch.zeros(0, 0, 0)  # (n, N, H)
         else:
@@ -174,12 +176,25 @@ class HardBuffer:
             self.entries[i].hardness = c + self.entries[i].hinge
         self.entries.sort(key=lambda e: -e.hardness)  # stable: ties keep their order
 
+    @staticmethod
+    def _columns(entries) -> dict:
+        return dict(images=[e.image.clone() for e in entries], questions=[e.question for e in entries],
+                    answers=[e.answer for e in entries], hardness=[e.hardness for e in entries],
+                    steps=[e.step for e in entries], qtypes=[e.qtype for e in entries],
+                    hinges=[e.hinge for e in entries])
+
+    @staticmethod
+    def _entries(sd) -> list:
+        fields = ("images", "questions", "answers", "hardness", "steps", "qtypes")
+        if len({len(sd[k]) for k in fields}) != 1:
+            raise ValueError(f"corrupt buffer state: lengths {[len(sd[k]) for k in fields]}")
+        hinges = sd.get("hinges", [0.0] * len(sd["images"]))
+        return [_Entry(*row, h) for *row, h in zip(*(sd[k] for k in fields), hinges)]
+
     def state_dict(self) -> dict:
         """Plain tensors, lists, str, int, float, None: loads with torch.load(weights_only=True)."""
-        return dict(capacity=self.capacity, space=self.space, images=[e.image.clone() for e in self.entries],
-                    questions=[e.question for e in self.entries], answers=[e.answer for e in self.entries],
-                    hardness=[e.hardness for e in self.entries], steps=[e.step for e in self.entries],
-                    qtypes=[e.qtype for e in self.entries], hinges=[e.hinge for e in self.entries])
+        return dict(capacity=self.capacity, space=self.space, **self._columns(self.entries),
+                    spent=self._columns(self.spent))
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["capacity"] != self.capacity:
@@ -187,11 +202,10 @@ class HardBuffer:
         if sd.get("space", "decoded") != self.space:
             raise ValueError(f"space mismatch: checkpoint buffer holds {sd.get('space', 'decoded')}, "
                              f"this one {self.space}")
-        fields = ("images", "questions", "answers", "hardness", "steps", "qtypes")
-        if len({len(sd[k]) for k in fields}) != 1 or len(sd["images"]) > self.capacity:
-            raise ValueError(f"corrupt buffer state: lengths {[len(sd[k]) for k in fields]}, capacity {self.capacity}")
-        hinges = sd.get("hinges", [0.0] * len(sd["images"]))
-        self.entries = [_Entry(*row, h) for *row, h in zip(*(sd[k] for k in fields), hinges)]  # ranked order
+        if len(sd["images"]) > self.capacity:
+            raise ValueError(f"corrupt buffer state: {len(sd['images'])} entries, capacity {self.capacity}")
+        self.entries = self._entries(sd)  # stored order = ranked order
+        self.spent = self._entries(sd["spent"]) if "spent" in sd else []
 
 
 class WordTokenizer:

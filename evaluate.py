@@ -314,15 +314,18 @@ def _curves(rows, path, title, left, right, share=False):
 
 
 def plot_gallery(run_dir, path, n=16):
-    """The hardest n buffer entries of rank 0 (hard candidates; the originals are not stored), each with its
-    question, ground truth and the run's current prediction. None (with a message) when there is nothing to draw."""
+    """The hardest n buffer entries of rank 0 (hard candidates; the originals are not stored), or, when replay consumed
+    them all, the last n it consumed; each with its question, ground truth and the run's current prediction. None
+    (with a message) when there is nothing to draw."""
     import matplotlib.pyplot as plt
     state_path = os.path.join(run_dir, 'rank0.pt')
     state = torch.load(state_path, weights_only=True).get('buffer') if os.path.isfile(state_path) else None
+    title = 'hardest buffer candidates'
+    if state and not state['images'] and state.get('spent', {}).get('images'):  # --buffer-policy consume drains B
+        state, title = {**state['spent'], 'space': state['space']}, 'the last candidates U learnt from (consumed)'
     if not state or not state['images']:
         why = 'has no buffer entries' if os.path.isfile(state_path) else 'does not exist'
-        print(f"gallery skipped: {state_path} {why} (SFT, --buffer-size 0 and --buffer-policy consume, which "
-              f"learns each entry once, can end with none)")
+        print(f"gallery skipped: {state_path} {why} (an SFT run or --buffer-size 0 keeps none)")
         return None
     if state.get('space', 'decoded') == 'token':
         print("gallery skipped: a token-space run (--space token) buffers tokens z + delta, not images")
@@ -348,7 +351,7 @@ def plot_gallery(run_dir, path, n=16):
         h, step = state['hardness'][j], state['steps'][j]
         ax.set_title(f"{textwrap.fill(q, 36)}\nGT {gt} | pred {p} | H {h:.2f} | step {step}", fontsize=7,
                      color='darkgreen' if p == gt else 'firebrick')
-    fig.suptitle(f"{run_dir}: hardest buffer candidates (green: answered right now)", fontsize=9)
+    fig.suptitle(f"{run_dir}: {title} (green: answered right now)", fontsize=9)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

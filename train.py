@@ -251,7 +251,7 @@ def save_checkpoint(step):
         torch.save(obj, path + '.tmp')
         os.replace(path + '.tmp', path)
     digest = hashlib.sha256(b''.join(q.detach().cpu().numpy().tobytes() for q in u_params + c_params)).hexdigest()
-    atomic(dict(step=step, buffer=buffer.state_dict() if buffer else None, rng=torch.get_rng_state(),
+    atomic(dict(step=step, buffer=buffer.state_dict() if buffer is not None else None, rng=torch.get_rng_state(),
                 buffer_rng=buffer_rng.get_state(), weights_sha256=digest),  # the digest: ranks must agree
            os.path.join(args.out_dir, f'rank{rank}.pt'))
     if ddp:

@@ -130,6 +130,10 @@ def test_consume_takes_sampled_entries_out():
     left = [e.question for e in buf.entries]
     assert len(buf) == 4 and not set(s["questions"]) & set(left) and s["index"] == []
     assert left == [q for q in [f"q{i}" for i in range(6)] if q not in s["questions"]]  # the rest keep their rank
+    assert [e.question for e in buf.spent] == s["questions"]  # kept aside for galleries, never sampled again
+    restored = HardBuffer(10)
+    restored.load_state_dict(buf.state_dict())
+    assert [e.question for e in restored.spent] == s["questions"] and len(restored) == 4
 
 
 def test_rescore_replaces_ce_keeps_the_filter_part_and_reranks():

@@ -138,7 +138,7 @@ def test_a_run_dir_loads_its_adapter_over_its_base(run_dir):
     assert (loss['loaded'] - loss['base']).abs().max() > 1e-3
 
 
-def _fake_run(run, space='decoded'):
+def _fake_run(run, space='decoded', consume=False):
     rows = [dict(step=s, L_U=1 / (s + 1), eps=0.02 - s * 1e-4, L_C=None if s == 0 else 5 + s, asr=0.2,
                  buffer=min(50, 13 * (s + 1)), H_mean=None if s == 0 else 0.5 + s / 100, step_time=0.1)
             for s in range(0, 30, 10)]
@@ -148,6 +148,8 @@ def _fake_run(run, space='decoded'):
     items = data.collate([ds[i] for i in range(6)])
     stored = items['images'] if space == 'decoded' else torch.randn(6, 36, 128)
     buffer.push(stored, items['questions'], items['answers'], torch.arange(6.0), step=3, qtypes=items['qtypes'])
+    if consume:  # --buffer-policy consume: replay has drained B, what it learnt from is in `spent`
+        buffer.sample(6, remove=True)
     torch.save(dict(step=30, buffer=buffer.state_dict()), run / 'rank0.pt')
 
 
@@ -165,6 +167,10 @@ def test_plot_writes_curves_and_a_gallery(run_dir, tmp_path, capsys):
     written = evaluate.plot_run(str(tmp_path / 'token'))
     assert [os.path.basename(p) for p in written] == ['eps.png', 'losses.png', 'buffer.png']
     assert 'token-space' in capsys.readouterr().out
+    (tmp_path / 'consume').mkdir()  # B drained by --buffer-policy consume: the gallery draws what was consumed
+    _fake_run(tmp_path / 'consume', consume=True)
+    written = evaluate.plot_run(str(tmp_path / 'consume'))
+    assert [os.path.basename(p) for p in written] == ['eps.png', 'losses.png', 'buffer.png', 'gallery.png']
 
 
 def test_bad_paths_fail_naming_the_path_and_what_was_expected(tmp_path):
