@@ -329,7 +329,7 @@ try:
                 log[1:3] += torch.stack([l_c.detach(), torch.ones((), device=device)])
 
         # 2. mine (lines 9-11): decode candidates, score H (Eq. 4), keep the hard plausible ones in B
-        fresh = None
+        fresh, held = None, None
         if unigame and step % args.mine_every == 0:
             umm.eval()  # score candidates without LoRA dropout (and without spending the RNG that training uses)
             with torch.no_grad(), ctx:
@@ -361,6 +361,7 @@ try:
             if buffer is not None:
                 buffer.push(x_tilde[keep].float(), [qk[i] for i in keep], [ak[i] for i in keep], h[keep], step,
                             qtypes=[tk[i] for i in keep], ce=ce[keep])
+                held = (len(buffer), buffer.mean_hardness())        # what B holds when U draws from it
             else:  # no buffer (Table 4's ablation): this step's hard candidates are learnt from once, right away
                 keep = keep[:args.replay]
                 fresh = (z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep])
@@ -404,7 +405,8 @@ try:
             row = dict(step=step, L_U=log[0].item() / world_size / n, eps=eps,
                        L_C=log[1].item() / log[2].item() if log[2] > 0 else None,
                        asr=log[3].item() / log[4].item() if log[4] > 0 else None,
-                       buffer=len(buffer) if buffer else 0, H_mean=buffer.mean_hardness() if buffer else None,
+                       buffer=held[0] if held else len(buffer) if buffer else 0,
+                       H_mean=held[1] if held else buffer.mean_hardness() if buffer else None,
                        step_time=log[5].item() / world_size / n)
             row['H_mean'] = None if row['H_mean'] is None or math.isnan(row['H_mean']) else row['H_mean']
             log.zero_()

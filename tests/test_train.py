@@ -108,12 +108,14 @@ def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
 
 
 def test_buffer_policies(base, tmp_path):
-    """consume: replay takes entries out (at most 4 kept per step here, 4 replayed), so B ends empty where keep's is
-    not; rescore: runs, and B's H are the current CEs (mean H stays finite and positive)."""
+    """consume: replay takes entries out (at most 4 kept per step here, 4 replayed), so B ends empty, and what it
+    handed out is kept aside; rescore: runs, and B's H are the current CEs (mean H stays finite and positive)."""
     flags = ['--init', base, '--steps', '3', '--min-sim', '-1', *FAST]
     run('--out_dir', str(tmp_path / 'consume'), '--buffer-policy', 'consume', *flags)
     run('--out_dir', str(tmp_path / 'rescore'), '--buffer-policy', 'rescore', *flags)
-    assert metrics(str(tmp_path / 'consume'))[-1]['buffer'] == 0
+    consumed = torch.load(str(tmp_path / 'consume' / 'rank0.pt'), weights_only=True)['buffer']
+    assert consumed['images'] == [] and len(consumed['spent']['images']) > 0
+    assert metrics(str(tmp_path / 'consume'))[-1]['buffer'] > 0  # logged as B stood when U drew from it
     last = metrics(str(tmp_path / 'rescore'))[-1]
     assert last['buffer'] > 0 and 0 < last['H_mean'] < float('inf')
 
