@@ -255,14 +255,20 @@ def print_table(columns: dict):
         print(f"{r:26}" + ''.join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths)))
 
 
+def suite_sets(split, size, subset, groups):
+    """The suite's data, built once for every model: clean, each shift, NaturalBench groups; and the first `subset`
+    clean questions, which get the costly measurements."""
+    sets = {'clean': data.ShapesVQA(split, size), 'natural': data.NaturalGroups(split, groups),
+            **{s: data.ShapesVQA(split, size, shift=s) for s in data.SHIFTS}}
+    return sets, torch.utils.data.Subset(sets['clean'], range(min(subset, size)))
+
+
 def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None, picture=None) -> dict:
     """The toy suite on every checkpoint: prints one table (columns = checkpoints) and returns everything."""
     attack = attack or dict(eps=8 / 255, steps=10, step_size=2 / 255)
     for ckpt in ckpts:  # a wrong path fails now, not after the data are built and other models scored
         checkpoint_kind(ckpt)
-    sets = {'clean': data.ShapesVQA(split, size), 'natural': data.NaturalGroups(split, groups),
-            **{s: data.ShapesVQA(split, size, shift=s) for s in data.SHIFTS}}
-    few = torch.utils.data.Subset(sets['clean'], range(min(subset, size)))
+    sets, few = suite_sets(split, size, subset, groups)
     results = {'settings': dict(split=split, size=size, subset=len(few), groups=groups, attack=attack),
                'majority': majority_baseline(data.ShapesVQA('train', 20000), sets['clean']), 'models': {}}
     for i, ckpt in enumerate(ckpts):

@@ -151,9 +151,7 @@ def main():
     plan = {n: k for n, k in plan.items() if k > 0}
     common = ['--init', args.init, '--steps', str(args.steps), '--und-lr', str(args.und_lr), '--eps', str(args.eps),
               '--lam', str(args.lam), '--min-sim', str(args.min_sim), '--val-size', '0', *args.extra.split()]
-    sets = {'clean': data.ShapesVQA('test', args.size), 'natural': data.NaturalGroups('test', args.groups),
-            **{s: data.ShapesVQA('test', args.size, shift=s) for s in data.SHIFTS}}
-    few = torch.utils.data.Subset(sets['clean'], range(min(args.subset, args.size)))
+    sets, few = evaluate.suite_sets('test', args.size, args.subset, args.groups)
     base = score(args.init, sets, few, os.path.join(args.out_dir, 'base_score.json'))
     scores, total = {n: [] for n in plan}, sum(plan.values())
     for seed in range(max(plan.values())):
