@@ -398,8 +398,9 @@ def plot_run(run_dir) -> list:
 
 
 def step_cost(run_dirs) -> dict:
-    """Mean `step_time` of each run's metrics.jsonl (the first line, step 0, is warm-up and left out), and its ratio
-    to the first run's: `python evaluate.py --step-cost out/cost_sft out/cost_unigame`."""
+    """Mean `step_time` of each run's metrics.jsonl (the first line, step 0, is warm-up and left out), its ratio
+    to the first run's, and where it goes (`phase_time`: data + frozen encode, challenge, mine, understand):
+    `python evaluate.py --step-cost out/cost_sft out/cost_unigame`."""
     means = {}
     for d in run_dirs:
         with open(os.path.join(d, 'metrics.jsonl')) as f:
@@ -407,9 +408,9 @@ def step_cost(run_dirs) -> dict:
         if not rows:
             raise ValueError(f"{d}/metrics.jsonl has no line after step 0; run more steps")
         means[d] = sum(r['step_time'] for r in rows) / len(rows)
-    first = means[run_dirs[0]]
-    for d, m in means.items():
-        print(f"{d:40} {1000 * m:8.1f} ms/step {m / first:6.2f}x")
+        phases = {k: sum(r['phase_time'][k] for r in rows) / len(rows) for k in rows[0].get('phase_time', {})}
+        print(f"{d:40} {1000 * means[d]:8.1f} ms/step {means[d] / means[run_dirs[0]]:6.2f}x   " +
+              '  '.join(f"{k} {1000 * v:.1f}" for k, v in phases.items()))
     return means
 
 

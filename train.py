@@ -300,7 +300,8 @@ if master:  # on resume, drop the lines an interrupted run wrote after its last 
     kept = [l for l in open(path)if json.loads(l)['step'] < start_step] if args.resume and os.path.isfile(path) else []
     metrics = open(path, 'w')
     metrics.writelines(kept)
-log = torch.zeros(7, device=device)  # sums since the last log line: L_U, L_C, C steps, ASR, candidates, step time, n
+PHASES = ('data', 'challenge', 'mine', 'understand')  # where a step's time goes, logged as phase_time
+log = torch.zeros(10, device=device)  # sums since the last log line: L_U, L_C, C steps, ASR, candidates, n, PHASES
 nan_streak, t_train = 0, time.time()
 bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc=args.mode, disable=not master)
 step, interrupted = start_step, {'now': False}
@@ -312,6 +313,7 @@ try:
         x, q, a = b['images'], b['questions'], b['answers']
         with torch.no_grad(), ctx:
             z = umm.encode(x)                                       # (B, N, H) frozen Enc + Proj (line 3)
+        t_end = [time.time()]  # when each phase ends; on GPU, kernels still running are billed to the phase that waits
 
         # 1. challenge step (lines 4-8): C ascends L_C = CE(U(z~)) - lam ||delta||^2 (Eq. 7)
         c_steps = (step + 1) * g_updates // u_updates - step * g_updates // u_updates  # the G:U ratio
@@ -327,6 +329,7 @@ try:
             if torch.isfinite(l_c):
                 step_(opt_c, -l_c, c_params)                        # maximise: descend on -L_C
                 log[1:3] += torch.stack([l_c.detach(), torch.ones((), device=device)])
+        t_end.append(time.time())
 
         # 2. mine (lines 9-11): decode candidates, score H (Eq. 4), keep the hard plausible ones in B
         fresh, held = None, None
@@ -365,6 +368,7 @@ try:
             else:  # no buffer (Table 4's ablation): this step's hard candidates are learnt from once, right away
                 keep = keep[:args.replay]
                 fresh = (z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep])
+        t_end.append(time.time())
 
         # 3. understand step (lines 12-15): L_U = CE(clean) + beta * CE(hard samples from B) (Eq. 6)
         with ctx:
@@ -393,27 +397,29 @@ try:
             if nan_streak >= args.max_nan_steps:
                 raise FloatingPointError(f"{nan_streak} non-finite losses in a row; last good checkpoint kept")
         scaler.update()
+        t_end.append(time.time())
         log[0] += l_u.detach().float().nan_to_num()
-        log[5:7] += torch.tensor([time.time() - t_step, 1.0], device=device)
+        log[5:] += torch.tensor([1.0] + [b - a for a, b in zip([t_step] + t_end, t_end)], device=device)
 
         # log (reduced over ranks only here), checkpoint, terminate
         if step % args.log_every == 0 or last_step:
             if ddp:
                 dist.all_reduce(log)
-            n = log[6].item() / world_size
+            n = log[5].item() / world_size
             eps = C.eps.item() if args.perturb == 'adversarial' else args.eps  # random noise always has norm eps
             row = dict(step=step, L_U=log[0].item() / world_size / n, eps=eps,
                        L_C=log[1].item() / log[2].item() if log[2] > 0 else None,
                        asr=log[3].item() / log[4].item() if log[4] > 0 else None,
                        buffer=held[0] if held else len(buffer) if buffer else 0,
                        H_mean=held[1] if held else buffer.mean_hardness() if buffer else None,
-                       step_time=log[5].item() / world_size / n)
+                       step_time=log[6:].sum().item() / world_size / n,
+                       phase_time={k: v / world_size / n for k, v in zip(PHASES, log[6:].tolist())})
             row['H_mean'] = None if row['H_mean'] is None or math.isnan(row['H_mean']) else row['H_mean']
             log.zero_()
             if master:
                 metrics.write(json.dumps(row) + '\n')
                 metrics.flush()
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != 'step' and v is not None})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if isinstance(v, float | int) and k != 'step'})
         if (step + 1) % args.save_every == 0 or last_step:
             save_checkpoint(step + 1)
         stop = torch.tensor(float(interrupted['now']), device=device)

@@ -60,10 +60,12 @@ def test_step_cost_leaves_out_step_zero_and_divides_by_the_first_run(tmp_path, c
     for name, times in (('sft', [9.0, 0.10, 0.20]), ('ug', [9.0, 0.30, 0.30])):
         (tmp_path / name).mkdir()
         with open(tmp_path / name / 'metrics.jsonl', 'w') as f:
-            f.writelines(json.dumps({'step': i, 'step_time': t}) + '\n' for i, t in enumerate(times))
+            f.writelines(json.dumps({'step': i, 'step_time': t, 'phase_time': dict(challenge=t / 4, understand=t / 2)})
+                         + '\n' for i, t in enumerate(times))
     means = evaluate.step_cost([str(tmp_path / 'sft'), str(tmp_path / 'ug')])
     assert abs(means[str(tmp_path / 'sft')] - 0.15) < 1e-9 and abs(means[str(tmp_path / 'ug')] - 0.30) < 1e-9
-    assert '2.00x' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert '2.00x' in out and 'challenge 37.5  understand 75.0' in out and 'challenge 75.0  understand 150.0' in out
 
 
 def test_consistency_of_an_oracle_generator_beats_a_shuffled_one():

@@ -102,6 +102,9 @@ def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
     assert [r['step'] for r in rows] == [0, 2, 4, 5]
     for r in rows:
         assert 0 <= r['eps'] <= 0.05 and 0 <= r['buffer'] <= 50 and r['L_C'] is not None and r['asr'] is not None
+        phases = r['phase_time']  # where the step's time went: every phase of the game did work
+        assert list(phases) == ['data', 'challenge', 'mine', 'understand'] and min(phases.values()) > 0
+        assert abs(sum(phases.values()) - r['step_time']) < 1e-6
     assert rows[-1]['buffer'] > 0
     for name in ('config.json', 'ckpt.pt', 'rank0.pt', 'adapter/adapter_config.json'):
         assert os.path.exists(os.path.join(out, name)), name
@@ -154,7 +157,9 @@ def test_k_candidates_per_sample_are_mined(base, tmp_path):
 
 def test_sft_and_bf16_runs(base, tmp_path):
     run('--init', base, '--out_dir', str(tmp_path / 'sft'), '--mode', 'sft', '--steps', '3', *FAST)
-    assert metrics(str(tmp_path / 'sft'))[-1]['L_C'] is None  # no game in SFT
+    last = metrics(str(tmp_path / 'sft'))[-1]
+    assert last['L_C'] is None  # no game in SFT: no time billed to challenge or mining
+    assert last['phase_time']['challenge'] + last['phase_time']['mine'] < 0.1 * last['phase_time']['understand']
     run('--init', base, '--out_dir', str(tmp_path / 'bf16'), '--steps', '3', '--dtype', 'bfloat16', *FAST)
     assert all(v is None or v == v for v in metrics(str(tmp_path / 'bf16'))[-1].values())  # no NaN
 
@@ -174,7 +179,8 @@ def test_resume_continues_exactly(base, tmp_path):
     run('--init', base, '--out_dir', b, '--steps', '4', *FAST)
     run('--init', base, '--out_dir', b, '--steps', '8', '--resume', *FAST)
     last_a, last_b = metrics(a)[-1], metrics(b)[-1]
-    last_a.pop('step_time'), last_b.pop('step_time')
+    for timing in ('step_time', 'phase_time'):  # wall-clock, the one thing allowed to differ
+        last_a.pop(timing), last_b.pop(timing)
     assert last_a == last_b
     wa = torch.load(os.path.join(a, 'ckpt.pt'), weights_only=True)
     wb = torch.load(os.path.join(b, 'ckpt.pt'), weights_only=True)
