@@ -397,21 +397,27 @@ def plot_run(run_dir) -> list:
     return written
 
 
-def step_cost(run_dirs) -> dict:
-    """Mean `step_time` of each run's metrics.jsonl (the first line, step 0, is warm-up and left out), its ratio
-    to the first run's, and where it goes (`phase_time`: data + frozen encode, challenge, mine, understand):
-    `python evaluate.py --step-cost out/cost_sft out/cost_unigame`."""
-    means = {}
+def mean_cost(run_dirs) -> dict:
+    """Mean `step_time` and `phase_time` (seconds; data + frozen encode, challenge, mine, understand) over the
+    metrics.jsonl lines after step 0 (warm-up) of one or more train.py runs, e.g. all seeds of one study row."""
+    rows = []
     for d in run_dirs:
         with open(os.path.join(d, 'metrics.jsonl')) as f:
-            rows = [json.loads(line) for line in f][1:]
-        if not rows:
-            raise ValueError(f"{d}/metrics.jsonl has no line after step 0; run more steps")
-        means[d] = sum(r['step_time'] for r in rows) / len(rows)
-        phases = {k: sum(r['phase_time'][k] for r in rows) / len(rows) for k in rows[0].get('phase_time', {})}
-        print(f"{d:40} {1000 * means[d]:8.1f} ms/step {means[d] / means[run_dirs[0]]:6.2f}x   " +
-              '  '.join(f"{k} {1000 * v:.1f}" for k, v in phases.items()))
-    return means
+            rows += [r for r in map(json.loads, f) if r['step'] > 0]
+    if not rows:
+        raise ValueError(f"{', '.join(run_dirs)}: no metrics.jsonl line after step 0; run more steps")
+    phases = {k: sum(r['phase_time'][k] for r in rows) / len(rows) for k in rows[0].get('phase_time', {})}
+    return dict(step=sum(r['step_time'] for r in rows) / len(rows), phases=phases)
+
+
+def step_cost(run_dirs) -> dict:
+    """Each run's mean step time, its ratio to the first run's, and where it goes:
+    `python evaluate.py --step-cost out/cost_sft out/cost_unigame`."""
+    costs = {d: mean_cost([d]) for d in run_dirs}
+    for d, c in costs.items():
+        print(f"{d:40} {1000 * c['step']:8.1f} ms/step {c['step'] / costs[run_dirs[0]]['step']:6.2f}x   " +
+              '  '.join(f"{k} {1000 * v:.1f}" for k, v in c['phases'].items()))
+    return {d: c['step'] for d, c in costs.items()}
 
 
 if __name__ == '__main__':

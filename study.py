@@ -109,7 +109,7 @@ def markdown(scores, base, names, seeds, metrics):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--init', default='out/base', help='the tiny-toy base (built by train.py --mode pretrain if missing)')
+    p.add_argument('--init', default='out/base', help='the tiny-toy base (built by --mode pretrain if missing)')
     p.add_argument('--out_dir', '--out-dir', default='out/study', help='where runs, scores and tables go')
     p.add_argument('--seeds', type=int, default=5, help='seeds of the SFT vs UniGame (full) comparison')
     p.add_argument('--ablation-seeds', type=int, default=3, help="seeds of each Table 4 row (0: skip Table 4)")
@@ -176,13 +176,16 @@ def main():
     cost = {}
     for n in plan:
         runs = [os.path.join(args.out_dir, n, f'seed{s}') for s in range(plan[n])]
-        steps = [r['step_time'] for d in runs for r in map(json.loads, open(os.path.join(d, 'metrics.jsonl')))
-                 if r['step'] > 0]
+        c = evaluate.mean_cost(runs)
         peaks = [json.load(open(os.path.join(d, 'final.json')))['peak_memory_mb'] for d in runs]
-        cost[n] = dict(ms_per_step=1000 * sum(steps) / len(steps), peak_memory_mb=max(peaks))
-    cost_table = '| run | ms/step | × SFT | peak memory (MB) |\n|---|---|---|---|\n' + ''.join(
-        f"| {n} | {c['ms_per_step']:.1f} | {c['ms_per_step'] / cost['sft']['ms_per_step']:.2f} | "
-        f"{c['peak_memory_mb']} |\n" for n, c in cost.items())
+        cost[n] = dict(ms_per_step=1000 * c['step'], ms_per_phase={k: 1000 * v for k, v in c['phases'].items()},
+                       peak_memory_mb=max(peaks))
+    phases = list(cost['sft']['ms_per_phase'])  # where the time goes: data + frozen encode, challenge, mine, understand
+    header = ['run', 'ms/step', '× SFT', *(f"{k} ms" for k in phases), 'peak memory (MB)']
+    cost_table = '\n'.join('| ' + ' | '.join(row) + ' |' for row in [header, ['---'] * len(header)] + [
+        [n, f"{c['ms_per_step']:.1f}", f"{c['ms_per_step'] / cost['sft']['ms_per_step']:.2f}",
+         *(f"{c['ms_per_phase'].get(k, float('nan')):.1f}" for k in phases), str(c['peak_memory_mb'])]
+        for n, c in cost.items()]) + '\n'
     decode_ms = decode_cost(args.init)
     minutes = dict(base=t_base / 60, runs=t_runs / 60, total=(time.time() - t_start) / 60)
     text = (f"## SFT vs UniGame (test split, points, mean ± std over {args.seeds} seeds)\n\n{main_table}\n"

@@ -39,6 +39,11 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
         assert any(json.loads(line)['L_C'] is not None for line in f)  # the full row really played the game
     md = open(os.path.join(out, 'study.md')).read()
     assert '| full − sft (95% CI) |' in md and '| sft |' in md
+    cost = result['cost']  # the phases add up to the step, and only the game spends time challenging and mining
+    for row in cost.values():
+        assert abs(sum(row['ms_per_phase'].values()) - row['ms_per_step']) < 1e-3 * row['ms_per_step']
+    assert cost['full']['ms_per_phase']['mine'] > 10 * cost['sft']['ms_per_phase']['mine']
+    assert cost['full']['ms_per_phase']['challenge'] > 10 * cost['sft']['ms_per_phase']['challenge']
     kept = [os.path.join(out, run, name) for run in ('sft/seed0', 'full/seed0') for name in ('final.json', 'score.json')]
     stamps = [os.stat(p).st_mtime_ns for p in kept]
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
