@@ -129,7 +129,8 @@ def load_image(source, size):
 
 def load_vqa(questions, images, annotations=None):
     """VQAv2 / AdVQA: the official questions JSON (+ the annotations JSON, to score) and a COCO image dir, images
-    named COCO_<data_subtype>_<image_id:012d>.jpg (VQAv2), else <image_id:012d>.jpg (COCO 2017, as AdVQA uses)."""
+    named COCO_<data_subtype>_<image_id:012d>.jpg (VQAv2), else <image_id:012d>.jpg (COCO 2017, as AdVQA uses).
+    images=None: no image paths (re-scoring a predictions file needs none)."""
     form = 'the official VQA questions JSON {"data_subtype", "questions": [{"question_id", "image_id", "question"}]}'
     doc = read(questions, form)
     if not isinstance(doc, dict) or not isinstance(doc.get('questions'), list):
@@ -146,8 +147,9 @@ def load_vqa(questions, images, annotations=None):
         if not all(f in q for f in ('question_id', 'image_id', 'question')):
             raise ValueError(f"{questions!r}: question {k} lacks question_id, image_id or question")
         names = [f"COCO_{doc.get('data_subtype', '')}_{q['image_id']:012d}.jpg", f"{q['image_id']:012d}.jpg"]
-        path = next((p for p in (os.path.join(images, n) for n in names) if os.path.isfile(p)), None)
-        missing += [names[0]] if path is None else []
+        path = next((p for p in (os.path.join(images, n) for n in names) if os.path.isfile(p)), None) if images \
+            else None
+        missing += [names[0]] if path is None and images else []
         items.append(dict(id=q['question_id'], prompt=q['question'] + SHORT, image=path))
         if annotations and q['question_id'] not in truth:
             raise ValueError(f"{annotations!r} has no annotation for question_id {q['question_id']}")
@@ -160,13 +162,15 @@ def load_vqa(questions, images, annotations=None):
 
 
 def load_pope(questions, images):
-    """POPE: the official JSON lines {"question_id", "image", "text", "label"} and the COCO val2014 image dir."""
+    """POPE: the official JSON lines {"question_id", "image", "text", "label"} and the COCO val2014 image dir (None:
+    no image paths, for re-scoring)."""
     records = read(questions, 'POPE JSON lines {"question_id", "image", "text", "label"}',
                    ('question_id', 'image', 'text', 'label'))
-    missing = [r['image'] for r in records if not os.path.isfile(os.path.join(images, r['image']))]
+    missing = [r['image'] for r in records if images and not os.path.isfile(os.path.join(images, r['image']))]
     if missing:
         raise FileNotFoundError(f"{len(missing)} POPE images are not in {images!r} (first: {missing[:3]})")
-    return [dict(id=r['question_id'], prompt=r['text'], image=os.path.join(images, r['image']), label=r['label'])
+    return [dict(id=r['question_id'], prompt=r['text'], image=images and os.path.join(images, r['image']),
+                 label=r['label'])
             for r in records]
 
 
@@ -453,6 +457,7 @@ def parse_args(argv=None):
     p.add_argument('--wise', type=float, default=None, help='WISE overall in [0, 1]: adds the Consistency Score')
     args = p.parse_args(argv)
     needs = NEEDS[args.task].split() + (['out'] if args.task in UNDERSTANDING and not args.score else [])
+    needs = [n for n in needs if not (args.score and n == 'images')]  # re-scoring reads no image
     lacking = [f"--{n}" for n in needs if getattr(args, n) is None]
     if args.task == 'unifiedbench' and not (args.clip or args.siglip or args.dino):
         lacking.append('one of --clip, --siglip, --dino')

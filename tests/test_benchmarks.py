@@ -103,7 +103,7 @@ def test_cli_predicts_then_scores_an_existing_file(tmp_path, monkeypatch):
                                     {'question_id': 12, 'answer': 'green'}]
     assert json.load(open(out.replace('.json', '_scores.json')))['overall'] == 53.33
     os.remove(out.replace('.json', '_scores.json'))
-    B.main(['vqav2', '--questions', q, '--annotations', a, '--images', images, '--score', out])
+    B.main(['vqav2', '--questions', q, '--annotations', a, '--score', out])  # re-scoring needs no images
     assert json.load(open(out.replace('.json', '_scores.json')))['overall'] == 53.33
     assert not [n for n in os.listdir(tmp_path / 'run') if n.endswith('.tmp')]
 
@@ -129,6 +129,8 @@ def test_pope(tmp_path):
     # answers: yes, no, yes, no -> TP 2 (q0, q2), FN 1 (q1), TN 1 (q3), FP 0
     assert (out['TP'], out['FP'], out['TN'], out['FN']) == (2, 0, 1, 1)
     assert out['accuracy'] == 0.75 and out['precision'] == 1.0 and out['recall'] == pytest.approx(2 / 3)
+    rescore = B.load_pope(str(tmp_path / 'pope.json'), None)  # re-scoring: the same items without image paths
+    assert [i['image'] for i in rescore] == [None] * 4 and B.score('pope', rescore, B.predict(Scripted(), items)) == out
 
 
 def test_naturalbench_groups_and_unanswered_cells(tmp_path):
