@@ -155,7 +155,8 @@ class HardBuffer:
             idx = torch.multinomial(w, n, replacement=False, generator=generator).tolist()
         picked = [self.entries[i] for i in idx]
         if remove:
-            self.entries = [e for i, e in enumerate(self.entries) if i not in set(idx)]
+            taken = set(idx)
+            self.entries = [e for i, e in enumerate(self.entries) if i not in taken]
             self.spent = (self.spent + picked)[-self.capacity:]
         if self.space == 'token':
             stored = torch.stack([e.image for e in picked]) if picked else torch.zeros(0, 0, 0)  # (n, N, H)
