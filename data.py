@@ -189,6 +189,12 @@ def write_question(scene: Scene, qtype: str, rng: np.random.Generator) -> str | 
     raise ValueError(f"unknown question type {qtype!r}; expected one of {QTYPES}")
 
 
+def question_set(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Several turns of VQA about one image: one question of each family the scene can carry, with its answer."""
+    questions = [write_question(scene, qtype, rng) for qtype in QTYPES]
+    return [(q, answer(scene, q)) for q in questions if q is not None]
+
+
 def _spatial(a: Obj, rel: str, b: Obj) -> str:
     return f'is the {a.color} {a.shape} {rel} the {b.color} {b.shape} ?'
 

@@ -112,32 +112,54 @@ class ToyUMM(UMM):
         thw = torch.stack([torch.zeros_like(idx), idx // self.grid, idx % self.grid])     # (3, N)
         return thw[:, None, :] + start[None, :, None]                                     # (3, B, N)
 
-    def _lm_hidden(self, z, ids):
-        """Run the LM on [z, ids] (ids right-padded, so no mask is needed under causal attention) -> (B, N + L, H).
-        Image tokens get 2-D (row, col) rotary positions as in Qwen2.5-VL; text continues after the grid."""
-        B, L = len(ids), max(map(len, ids))
+    def _lm_hidden(self, z, ids, segments=None):
+        """Run the LM on [z, ids] (ids right-padded) -> (B, N + L, H). Image tokens get 2-D (row, col) rotary positions
+        as in Qwen2.5-VL; text continues after the grid. `segments` (B, L) packs several texts after one image: text
+        position l of sample b belongs to text segments[b, l] (0, 1, ... in order), which sees the image and itself
+        only and whose positions restart after the grid, so each text gets the states it would have alone."""
+        B, L, N = len(ids), max(map(len, ids)), z.shape[1]
         padded = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long, device=z.device)
         for i, seq in enumerate(ids):
             padded[i, :len(seq)] = torch.tensor(seq, device=z.device)
         embeds = torch.cat([z.to(self.lm_head.weight.dtype), self.lm.get_input_embeddings()(padded)], 1)
-        text = (self.grid + torch.arange(L, device=z.device)).expand(3, B, L)
-        positions = torch.cat([self._grid_positions(torch.zeros(B, dtype=torch.long, device=z.device)), text], -1)
-        return self.lm(inputs_embeds=embeds, position_ids=positions).last_hidden_state
+        steps, mask = torch.arange(L, device=z.device).expand(B, L), None
+        if segments is not None:  # restart each text's positions; let it see the image and itself, causally
+            starts = torch.cat([torch.ones_like(segments[:, :1], dtype=torch.bool), segments.diff(dim=1) != 0], 1)
+            steps = steps - torch.where(starts, steps, 0).cummax(1).values
+            seg = torch.cat([segments.new_full((B, N), -1), segments], 1)                  # (B, N + L), image -1
+            causal = torch.ones(N + L, N + L, dtype=torch.bool, device=z.device).tril()
+            mask = (causal & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None])))[:, None]  # (B,1,T,T)
+        grid = self._grid_positions(torch.zeros(B, dtype=torch.long, device=z.device))   # (3, B, N)
+        positions = torch.cat([grid, (self.grid + steps).expand(3, B, L)], -1)
+        return self.lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask).last_hidden_state
 
     def _target_loss(self, z, prefixes, targets):
         """Per-sample mean CE (float32) of `targets` given [z, prefix] — only target positions reach the LM head."""
-        ids = [p + t + [self.tok.eos_token_id] for p, t in zip(prefixes, targets)]
-        hidden = self._lm_hidden(z, ids)  # (B, N + L, H)
-        N, rows, cols, labels = z.shape[1], [], [], []
-        for i, (p, t) in enumerate(zip(prefixes, targets)):
-            for j in range(len(p), len(p) + len(t) + 1):  # the target words and the closing <eos>
-                rows.append(i), cols.append(N + j - 1), labels.append(ids[i][j])  # state j-1 predicts token j
-        rows_t = torch.tensor(rows, device=z.device)
-        logits = self.lm_head(hidden[rows_t, torch.tensor(cols, device=z.device)]).float()  # (M, V)
-        ce = F.cross_entropy(logits, torch.tensor(labels, device=z.device), reduction='none')  # (M,)
-        total = torch.zeros(len(ids), device=z.device).index_add(0, rows_t, ce)
-        count = torch.zeros(len(ids), device=z.device).index_add(0, rows_t, torch.ones_like(ce))
-        return total / count  # (B,)
+        return self._turns_loss(z, [[(p, t)] for p, t in zip(prefixes, targets)])
+
+    def _turns_loss(self, z, turns):
+        """Mean CE (float32) of each turn's target given [z, its prefix], with several turns per image in one LM pass
+        (turns[b] lists the (prefix ids, target ids) read after z[b]): the image's states are computed once, and each
+        turn's loss is what it would be alone. (T,) in the order given, T the number of turns."""
+        eos, N = self.tok.eos_token_id, z.shape[1]
+        ids, segments, rows, cols, labels, owner, T = [], [], [], [], [], [], 0  # owner: each target token's turn
+        for b, sample in enumerate(turns):
+            seq, seg = [], []
+            for k, (p, t) in enumerate(sample):
+                text = p + t + [eos]
+                for j in range(len(p), len(text)):  # the target words and the closing <eos>: state j-1 predicts j
+                    rows.append(b), cols.append(N + len(seq) + j - 1), labels.append(text[j]), owner.append(T)
+                seq, seg, T = seq + text, seg + [k] * len(text), T + 1
+            ids.append(seq), segments.append(seg)
+        L = max(map(len, ids))
+        packed = None if all(len(sample) == 1 for sample in turns) else torch.tensor(
+            [seg + [seg[-1] + 1] * (L - len(seg)) for seg in segments], device=z.device)  # padding: a text of its own
+        hidden = self._lm_hidden(z, ids, packed)  # (B, N + L, H)
+        logits = self.lm_head(hidden[torch.tensor(rows, device=z.device), torch.tensor(cols, device=z.device)])
+        ce = F.cross_entropy(logits.float(), torch.tensor(labels, device=z.device), reduction='none')  # (M,)
+        owner_t = torch.tensor(owner, device=z.device)
+        total = torch.zeros(T, device=z.device).index_add(0, owner_t, ce)
+        return total / torch.zeros(T, device=z.device).index_add(0, owner_t, torch.ones_like(ce))
 
     def understand_loss(self, z, questions, answers):
         """Eq. 1 per sample: -log p_U(a | z, q), averaged over the answer's tokens. (B,) float32."""
@@ -146,6 +168,16 @@ class ToyUMM(UMM):
     def caption_loss(self, z, captions):
         """CE of the caption given z: a pretraining signal that makes z carry the whole scene. (B,) float32."""
         return self._target_loss(z, self._ids([self.marks['caption']] * len(captions)), self._ids(captions))
+
+    def questions_and_caption_loss(self, z, asked, captions):
+        """Pretraining's understanding and caption losses with several questions per image, all in one LM pass (the
+        image's states are computed once; each loss is what its own pass would give): asked[b] lists the (question,
+        answer) pairs about z[b]. Returns the per-question losses (Q,) in order and the per-image caption losses (B,)."""
+        turns = [[*zip(self._ids([f"{q} {self.marks['answer']}" for q, _ in pairs]), self._ids([a for _, a in pairs])),
+                  (self._ids([self.marks['caption']])[0], cap)] for pairs, cap in zip(asked, self._ids(captions))]
+        losses = self._turns_loss(z, turns)                                       # (Q + B,)
+        is_caption = torch.tensor([k == len(t) - 1 for t in turns for k in range(len(t))], device=losses.device)
+        return losses[~is_caption], losses[is_caption]
 
     @torch.no_grad()
     def _greedy(self, z, prefixes, max_new_tokens):
@@ -348,11 +380,13 @@ def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B
 # pretraining the tiny-toy base from scratch (train.py --mode pretrain)
 
 def pretrain(out_dir, steps=1300, batch_size=64, lr=1e-3, warmup=50, lambda_gen=1.0, caption_weight=1.0,
-             t2i_weight=1.0, gen_batch=32, judge_lr=2e-3, train_size=50000, val_size=1000, eval_every=325, seed=0,
-             ctx=None):
+             t2i_weight=1.0, gen_batch=32, judge_lr=2e-3, train_size=50000, val_size=1000,
+             eval_every=325, seed=0, ctx=None):
     """Eq. 3's joint objective L_und + lambda·L_gen, plus the caption CE and the T2I token loss, all from scratch;
     the tiny CLIP judge trains beside it on the same image/caption pairs. Writes base.pt, judge.pt, metrics.jsonl.
 
+    L_und asks every image one question of each family it can carry (data.question_set), packed with its caption
+    into one LM pass: about four times the answers of one question per image, for the cost of one more short text.
     The generation losses use the first `gen_batch` samples of each batch: decoding is the costly part on a CPU.
     """
     torch.manual_seed(seed)
@@ -367,15 +401,17 @@ def pretrain(out_dir, steps=1300, batch_size=64, lr=1e-3, warmup=50, lambda_gen=
     neg_rng = np.random.default_rng(seed)  # the judge's hard negatives draw from their own stream, not torch's
     for step in (bar := tqdm(range(steps), desc='pretrain', dynamic_ncols=True)):
         last_step, row = step == steps - 1, dict(step=step)
-        b = data.collate([train_set[i] for i in data.batch_indices(step, len(train_set), batch_size, seed)])
+        idx = data.batch_indices(step, len(train_set), batch_size, seed)
+        b = data.collate([train_set[i] for i in idx])
         x = b['images']
+        # every image is asked one fresh question of each family it can carry, not only its own one
+        asked = [data.question_set(train_set.scenes[i], np.random.default_rng([seed, 2, step, i])) for i in idx]
         progress = max(0, step - warmup) / max(1, steps - warmup)  # warm-up, then cosine decay to lr / 10
         for group in opt.param_groups:
             group['lr'] = lr * min(1, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
         with ctx:  # Eq. 3: L_und + lambda * L_gen, with the caption CE and the T2I token loss beside them
             z = umm.encode(x)                                                            # (B, N, H)
-            l_und = umm.understand_loss(z, b['questions'], b['answers']).mean()          # Eq. 1
-            l_cap = umm.caption_loss(z, b['captions']).mean()
+            l_und, l_cap = (l.mean() for l in umm.questions_and_caption_loss(z, asked, b['captions']))  # Eq. 1
             l_gen = umm.reconstruction_loss(x[:gen_batch], z[:gen_batch]).mean()         # Eq. 2
             l_t2i = umm.t2i_loss(b['captions'][:gen_batch], z[:gen_batch]).mean()
             loss = l_und + caption_weight * l_cap + lambda_gen * l_gen + t2i_weight * l_t2i

@@ -91,6 +91,20 @@ def test_captions_determine_the_scene():
         assert cap.endswith(' on ' + scene.background)
 
 
+def test_question_sets_ask_each_family_the_scene_can_carry_once():
+    rng, sizes = np.random.default_rng(0), set()
+    family = {'how many': 'count', 'what color': 'attribute', 'what shape': 'attribute', 'is there': 'existence',
+              'is the': 'spatial'}  # the families' question forms, as the oracle parses them
+    for scene in data.ShapesVQA('train', 200).scenes:
+        pairs = data.question_set(scene, rng)
+        families = [family[' '.join(q.split()[:2])] for q, _ in pairs]
+        assert len(set(families)) == len(families)  # one per family
+        assert ('spatial' in families) == (len(scene.objects) >= 2) and {'count', 'existence'} <= set(families)
+        assert all(a == answer(scene, q) for q, a in pairs)
+        sizes.add(len(pairs))
+    assert sizes == {3, 4}  # small scenes cannot carry every family
+
+
 def test_hard_negatives_change_one_shape_or_colour_word():
     rng = np.random.default_rng(0)
     kinds = set()
