@@ -151,9 +151,11 @@ class ToyUMM(UMM):
                     rows.append(b), cols.append(N + len(seq) + j - 1), labels.append(text[j]), owner.append(T)
                 seq, seg, T = seq + text, seg + [k] * len(text), T + 1
             ids.append(seq), segments.append(seg)
-        L = max(map(len, ids))
-        packed = None if all(len(sample) == 1 for sample in turns) else torch.tensor(
-            [seg + [seg[-1] + 1] * (L - len(seg)) for seg in segments], device=z.device)  # padding: a text of its own
+        packed = None  # one turn per image: plain causal attention
+        if any(len(sample) != 1 for sample in turns):
+            L = max(map(len, ids))  # padding becomes a text of its own, after the last turn
+            packed = torch.tensor([seg + [len(sample)] * (L - len(seg)) for seg, sample in zip(segments, turns)],
+                                  device=z.device)
         hidden = self._lm_hidden(z, ids, packed)  # (B, N + L, H)
         logits = self.lm_head(hidden[torch.tensor(rows, device=z.device), torch.tensor(cols, device=z.device)])
         ce = F.cross_entropy(logits.float(), torch.tensor(labels, device=z.device), reduction='none')  # (M,)
@@ -173,8 +175,11 @@ class ToyUMM(UMM):
         """Pretraining's understanding and caption losses with several questions per image, all in one LM pass (the
         image's states are computed once; each loss is what its own pass would give): asked[b] lists the (question,
         answer) pairs about z[b]. Returns the per-question losses (Q,) in order and the per-image caption losses (B,)."""
-        turns = [[*zip(self._ids([f"{q} {self.marks['answer']}" for q, _ in pairs]), self._ids([a for _, a in pairs])),
-                  (self._ids([self.marks['caption']])[0], cap)] for pairs, cap in zip(asked, self._ids(captions))]
+        caption_mark = self._ids([self.marks['caption']])[0]
+        turns = []
+        for pairs, cap in zip(asked, self._ids(captions)):
+            questions = self._ids([f"{q} {self.marks['answer']}" for q, _ in pairs])
+            turns.append([*zip(questions, self._ids([a for _, a in pairs])), (caption_mark, cap)])
         losses = self._turns_loss(z, turns)                                       # (Q + B,)
         is_caption = torch.tensor([k == len(t) - 1 for t in turns for k in range(len(t))], device=losses.device)
         return losses[~is_caption], losses[is_caption]
@@ -404,7 +409,7 @@ def pretrain(out_dir, steps=1300, batch_size=64, lr=1e-3, warmup=50, lambda_gen=
         idx = data.batch_indices(step, len(train_set), batch_size, seed)
         b = data.collate([train_set[i] for i in idx])
         x = b['images']
-        # every image is asked one fresh question of each family it can carry, not only its own one
+        # every image is asked a fresh question of each family it can carry (its dataset question is not used)
         asked = [data.question_set(train_set.scenes[i], np.random.default_rng([seed, 2, step, i])) for i in idx]
         progress = max(0, step - warmup) / max(1, steps - warmup)  # warm-up, then cosine decay to lr / 10
         for group in opt.param_groups:
