@@ -128,7 +128,10 @@ class ToyUMM(UMM):
             steps = steps - torch.where(starts, steps, 0).cummax(1).values
             seg = torch.cat([segments.new_full((B, N), -1), segments], 1)                  # (B, N + L), image -1
             causal = torch.ones(N + L, N + L, dtype=torch.bool, device=z.device).tril()
-            mask = (causal & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None])))[:, None]  # (B,1,T,T)
+            allowed = causal & ((seg[:, None, :] == -1) | (seg[:, None, :] == seg[:, :, None]))        # (B, T, T)
+            # additive, so that eager attention reads it as sdpa does (flash-attention ignores 4-D masks)
+            mask = torch.zeros(allowed.shape, dtype=embeds.dtype, device=z.device).masked_fill(
+                ~allowed, torch.finfo(embeds.dtype).min)[:, None]                                   # (B, 1, T, T)
         grid = self._grid_positions(torch.zeros(B, dtype=torch.long, device=z.device))   # (3, B, N)
         positions = torch.cat([grid, (self.grid + steps).expand(3, B, L)], -1)
         return self.lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask).last_hidden_state

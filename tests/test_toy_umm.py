@@ -79,6 +79,10 @@ def test_packed_questions_and_caption_equal_their_own_passes(umm, batch, monkeyp
     # each question's gradient reaches its own image's tokens only
     grad = torch.autograd.grad(per_question.sum(), z)[0].abs().flatten(1).sum(1)  # (B,)
     assert grad[0] == 0 and (grad[1:] > 0).all()
+    # the same under eager attention, which adds the mask to the scores instead of passing it to sdpa
+    monkeypatch.setattr(umm.lm.config, '_attn_implementation', 'eager')
+    eager, _ = umm.questions_and_caption_loss(z, asked, batch['captions'])
+    torch.testing.assert_close(eager, alone, rtol=1e-4, atol=1e-5)
     # the mask and the restarted positions are what make them equal: read as one text, later turns see earlier ones
     plain = umm._lm_hidden
     monkeypatch.setattr(umm, '_lm_hidden', lambda z, ids, segments=None: plain(z, ids))
