@@ -242,10 +242,14 @@ def test_toy_without_weights_fails_with_one_clear_message(monkeypatch, tmp_path)
 
 def test_pretrain_smoke_run_lowers_every_loss(tmp_path):
     out = str(tmp_path / 'base')
-    toy_umm.pretrain(out, steps=30, batch_size=16, warmup=5, train_size=480, val_size=16, eval_every=1000)
+    toy_umm.pretrain(out, steps=30, batch_size=16, warmup=5, judge_steps=30, judge_batch=16, train_size=480,
+                     val_size=16, eval_every=1000)
     rows = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
-    first, last = rows[0], rows[-1]
+    umm_rows, judge_rows = [r for r in rows if 'step' in r], [r for r in rows if 'judge_step' in r]
+    first, last = umm_rows[0], umm_rows[-1]
     assert first['step'] == 0 and last['step'] == 29 and 'val' in last
-    for key in ('und', 'cap', 'gen', 't2i', 'judge'):
+    for key in ('und', 'cap', 'gen', 't2i'):
         assert last[key] < first[key], key
+    assert judge_rows[0]['judge_step'] == 0 and judge_rows[-1]['judge_step'] == 29
+    assert judge_rows[-1]['judge'] < judge_rows[0]['judge']
     assert os.path.isfile(os.path.join(out, 'base.pt')) and os.path.isfile(os.path.join(out, 'judge.pt'))
