@@ -253,3 +253,18 @@ def test_pretrain_smoke_run_lowers_every_loss(tmp_path):
     assert judge_rows[0]['judge_step'] == 0 and judge_rows[-1]['judge_step'] == 29
     assert judge_rows[-1]['judge'] < judge_rows[0]['judge']
     assert os.path.isfile(os.path.join(out, 'base.pt')) and os.path.isfile(os.path.join(out, 'judge.pt'))
+
+
+def test_judge_training_does_not_depend_on_the_umm(tmp_path):
+    """The buffer's min-sim was chosen on a judge; the judge must come out the same however long the UMM trains."""
+    judges = []
+    for steps in (2, 4):
+        out = str(tmp_path / f'base{steps}')
+        toy_umm.pretrain(out, steps=steps, batch_size=8, gen_batch=4, judge_steps=3, judge_batch=8, train_size=64,
+                         val_size=8, eval_every=1000)
+        judges.append(torch.load(os.path.join(out, 'judge.pt'), weights_only=True)['state_dict'])
+    assert judges[0].keys() == judges[1].keys()
+    for k in judges[0]:
+        assert torch.equal(judges[0][k], judges[1][k]), k
+    umm_a, umm_b = (torch.load(str(tmp_path / f'base{s}' / 'base.pt'), weights_only=True)['state_dict'] for s in (2, 4))
+    assert any(not torch.equal(umm_a[k], umm_b[k]) for k in umm_a)  # the UMMs did train differently
