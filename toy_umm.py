@@ -403,6 +403,7 @@ def pretrain(out_dir, steps=2600, batch_size=32, lr=1e-3, warmup=50, lambda_gen=
     ctx = ctx or contextlib.nullcontext()
     train_set, val_set = data.ShapesVQA('train', train_size), data.ShapesVQA('val', val_size)
     umm = build_tiny_toy()
+    # built now, next in the torch stream after the UMM, though trained after it: its init is what it always was
     judge = Judge.tiny(data.VOCAB, image_size=umm.image_size, patch_size=umm.patch_size)
     opt = torch.optim.AdamW(umm.parameters(), lr=lr, weight_decay=0.01)
     os.makedirs(out_dir, exist_ok=True)
