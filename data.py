@@ -199,9 +199,13 @@ def _spatial(a: Obj, rel: str, b: Obj) -> str:
     return f'is the {a.color} {a.shape} {rel} the {b.color} {b.shape} ?'
 
 
-def caption(scene: Scene) -> str:
-    """Enough words to re-draw the scene: each object's colour, shape and cell (row-major), and the background."""
-    objs = sorted(scene.objects, key=lambda o: (o.row, o.col))
+def caption(scene: Scene, by: str = 'row') -> str:
+    """Enough words to re-draw the scene: each object's colour, shape and cell, and the background. Objects are listed
+    row by row (by='row': the caption of the data, T2I and the judge) or column by column (by='col': a pretraining
+    turn that teaches left and right as the row-major one teaches above and below; README, "Measured so far")."""
+    if by not in ('row', 'col'):
+        raise ValueError(f"caption order by={by!r}; expected 'row' or 'col'")
+    objs = sorted(scene.objects, key=lambda o: (o.row, o.col) if by == 'row' else (o.col, o.row))
     parts = [f'a {o.color} {o.shape} at {ROWS[o.row]} {COLS[o.col]}' for o in objs]
     return ' , '.join(parts) + f' on {scene.background}'
 

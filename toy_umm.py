@@ -69,7 +69,7 @@ class ToyUMM(UMM):
         super().__init__()
         self.vision, self.lm, self.lm_head, self.vae, self.tok = vision, lm, lm_head, vae, tokenizer
         self.image_size, self.patch_size, self.grid = image_size, patch_size, image_size // patch_size
-        self.marks = marks  # the words that open an answer, a caption, an image, in this tokenizer's vocabulary
+        self.marks = marks  # the words that open an answer, a caption (by row, by column), an image
         self.hidden_size = H = lm.config.hidden_size
         self.projector = nn.Sequential(nn.Linear(vision.config.hidden_size, H), nn.GELU(), nn.Linear(H, H))
         # G's adapter: each token becomes an r x r patch of VAE latents (pixel shuffle), then a 3x3 conv smooths seams
@@ -174,18 +174,23 @@ class ToyUMM(UMM):
         """CE of the caption given z: a pretraining signal that makes z carry the whole scene. (B,) float32."""
         return self._target_loss(z, self._ids([self.marks['caption']] * len(captions)), self._ids(captions))
 
-    def questions_and_caption_loss(self, z, asked, captions):
+    def questions_and_caption_loss(self, z, asked, captions, column_captions=None):
         """Pretraining's understanding and caption losses with several questions per image, all in one LM pass (the
         image's states are computed once; each loss is what its own pass would give): asked[b] lists the (question,
-        answer) pairs about z[b]. Returns the per-question losses (Q,) in order and the per-image caption losses (B,)."""
-        caption_mark = self._ids([self.marks['caption']])[0]
+        answer) pairs about z[b]. `column_captions`, if given, are the same scenes captioned column by column
+        (data.caption(by='col')): one more turn per image, after marks['column_caption'], whose CE is added to the
+        image's caption loss. Returns the per-question losses (Q,) in order and the per-image caption losses (B,)."""
+        marks = [self.marks['caption']] + ([] if column_captions is None else [self.marks['column_caption']])
+        marks = self._ids(marks)
+        texts = [[c] for c in captions] if column_captions is None else [*map(list, zip(captions, column_captions))]
         turns = []
-        for pairs, cap in zip(asked, self._ids(captions)):
+        for pairs, caps in zip(asked, texts):
             questions = self._ids([f"{q} {self.marks['answer']}" for q, _ in pairs])
-            turns.append([*zip(questions, self._ids([a for _, a in pairs])), (caption_mark, cap)])
-        losses = self._turns_loss(z, turns)                                       # (Q + B,)
-        is_caption = torch.tensor([k == len(t) - 1 for t in turns for k in range(len(t))], device=losses.device)
-        return losses[~is_caption], losses[is_caption]
+            turns.append([*zip(questions, self._ids([a for _, a in pairs])), *zip(marks, self._ids(caps))])
+        losses = self._turns_loss(z, turns)                                       # (Q + B * len(marks),)
+        is_caption = torch.tensor([k >= len(t) - len(marks) for t in turns for k in range(len(t))],
+                                  device=losses.device)
+        return losses[~is_caption], losses[is_caption].view(-1, len(marks)).sum(1)
 
     @torch.no_grad()
     def _greedy(self, z, prefixes, max_new_tokens):
@@ -316,6 +321,7 @@ def build_tiny_toy(init: str | None = None, decoder='vae', **_):
     s, p = TINY['image_size'], TINY['patch_size']
     vision = Siglip2VisionModel(Siglip2VisionConfig(**TINY['vision'], patch_size=p, num_patches=(s // p) ** 2,
                                                     vision_use_head=False))
+    _sincos_positions(vision.embeddings.position_embedding.weight, s // p)
     head_dim = TINY['lm']['hidden_size'] // TINY['lm']['num_attention_heads']
     lm_cfg = Qwen2_5_VLTextConfig(**TINY['lm'], vocab_size=len(tok), max_position_embeddings=256,
                                   pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=tok.eos_token_id,
@@ -326,11 +332,27 @@ def build_tiny_toy(init: str | None = None, decoder='vae', **_):
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=('DownEncoderBlock2D',) * 2,
                         up_block_types=('UpDecoderBlock2D',) * 2, **TINY['vae'])
     unet = UNet2DConditionModel(**TINY['unet'], in_channels=4, out_channels=4) if diffusion else None
-    umm = ToyUMM(vision, lm, lm_head, vae, tok, s, p, dict(answer='<answer>', caption='<caption>', image='<image>'),
-                 unet)
+    # the column-by-column caption opens with '<caption> left', not a new token: the vocabulary, and so the judge's
+    # init (next in the torch stream), stay what they were
+    marks = dict(answer='<answer>', caption='<caption>', image='<image>', column_caption='<caption> left')
+    umm = ToyUMM(vision, lm, lm_head, vae, tok, s, p, marks, unet)
     if init is not None:
         load_base(umm, init)
     return umm
+
+
+def _sincos_positions(table, grid):
+    """Set SigLIP2's position table (grid * grid, width), row-major as the patches, to a 2-D sin-cos grid (MAE's
+    init): a quarter of the channels each for the sin and cos of the row and of the column, at frequencies
+    1 / 10000^(k / (width / 4)). From scratch the default table (std 1 / sqrt(width)) stays a fifth of the patch
+    embeddings' size, an object's column can hardly be read from its token in z, and left of / right of are never
+    learnt (README, "Measured so far"). Deterministic: it draws nothing from the torch stream."""
+    q = table.shape[1] // 4
+    omega = 10000.0 ** -(torch.arange(q, dtype=torch.float32) / q)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing='ij')
+    angles = [t.reshape(-1, 1).float() * omega for t in (rows, cols)]
+    with torch.no_grad():
+        table.copy_(torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], 1))
 
 
 def _mrope_section(head_dim):
@@ -381,13 +403,14 @@ def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B
     del full.model.visual
     s = int(vision.config.num_patches ** 0.5) * vision.config.patch_size  # SigLIP2 (NaFlex) stores patches, not size
     return ToyUMM(vision, lm, lm_head, vae, tok, s, vision.config.patch_size,
-                  dict(answer='Answer:', caption='Caption:', image='Image:'), unet)
+                  dict(answer='Answer:', caption='Caption:', image='Image:',
+                       column_caption='Caption, column by column:'), unet)
 
 
 # -----------------------------------------------------------------------------
 # pretraining the tiny-toy base from scratch (train.py --mode pretrain)
 
-def pretrain(out_dir, steps=2600, batch_size=32, lr=1e-3, warmup=50, lambda_gen=1.0, caption_weight=1.0,
+def pretrain(out_dir, steps=2200, batch_size=32, lr=1e-3, warmup=50, lambda_gen=1.0, caption_weight=1.0,
              t2i_weight=1.0, gen_batch=16, judge_steps=1300, judge_batch=64, judge_lr=2e-3, train_size=50000,
              val_size=1000, eval_every=650, seed=0, ctx=None):
     """Eq. 3's joint objective L_und + lambda·L_gen, plus the caption CE and the T2I token loss, all from scratch;
@@ -395,9 +418,10 @@ def pretrain(out_dir, steps=2600, batch_size=32, lr=1e-3, warmup=50, lambda_gen=
 
     L_und asks every image one question of each family it can carry (data.question_set), packed with its caption
     into one LM pass: about four times the answers of one question per image, for the cost of one more short text.
-    The generation losses use the first `gen_batch` samples of each batch: decoding is the costly part on a CPU.
-    Batch 32 for 2600 steps rather than 64 for 1300 (same images, same time): spatial relations are learnt late,
-    in optimizer steps (README, "Measured so far").
+    The caption is also asked for column by column (data.caption(by='col')): the order a caption lists objects in is
+    what teaches the LM to compare them, so the row-major caption alone teaches above / below and never left / right
+    (README, "Measured so far"). The generation losses use the first `gen_batch` samples of each batch: decoding is
+    the costly part on a CPU. Batch 32 rather than 64: spatial relations are learnt late, in optimizer steps.
     """
     torch.manual_seed(seed)
     ctx = ctx or contextlib.nullcontext()
@@ -418,7 +442,8 @@ def pretrain(out_dir, steps=2600, batch_size=32, lr=1e-3, warmup=50, lambda_gen=
         set_lr(opt, lr, step, steps, warmup)
         with ctx:  # Eq. 3: L_und + lambda * L_gen, with the caption CE and the T2I token loss beside them
             z = umm.encode(x)                                                            # (B, N, H)
-            l_und, l_cap = (l.mean() for l in umm.questions_and_caption_loss(z, asked, b['captions']))  # Eq. 1
+            by_col = [data.caption(train_set.scenes[i], by='col') for i in idx]
+            l_und, l_cap = (l.mean() for l in umm.questions_and_caption_loss(z, asked, b['captions'], by_col))  # Eq. 1
             l_gen = umm.reconstruction_loss(x[:gen_batch], z[:gen_batch]).mean()         # Eq. 2
             l_t2i = umm.t2i_loss(b['captions'][:gen_batch], z[:gen_batch]).mean()
             loss = l_und + caption_weight * l_cap + lambda_gen * l_gen + t2i_weight * l_t2i

@@ -91,7 +91,7 @@ p.add_argument('--steps', type=int, default=300, help='post-training steps (pret
 p.add_argument('--batch-size', type=int, default=32, help='clean samples per step and rank')
 p.add_argument('--und-lr', type=float, default=2e-5, help="U's LoRA AdamW learning rate (paper: 2e-5)")
 p.add_argument('--train-size', type=int, default=20000, help='synthetic train samples (post-training data)')
-p.add_argument('--pretrain-steps', type=int, default=2600, help='steps of --mode pretrain (tiny-toy, batch 32)')
+p.add_argument('--pretrain-steps', type=int, default=2200, help='steps of --mode pretrain (tiny-toy, batch 32)')
 # eval
 p.add_argument('--log-every', type=int, default=10, help='steps between metrics.jsonl lines')
 p.add_argument('--val-size', type=int, default=1000, help='val questions for the final table (0: skip it)')

@@ -91,6 +91,22 @@ def test_captions_determine_the_scene():
         assert cap.endswith(' on ' + scene.background)
 
 
+def test_column_captions_list_the_same_objects_column_by_column():
+    ds = data.ShapesVQA('train', 200)
+    reordered = 0
+    for scene, cap in zip(ds.scenes, ds.captions):
+        by_col = data.caption(scene, by='col')
+        objects, background = by_col.rsplit(' on ', 1)
+        parts = objects.split(' , ')
+        assert sorted(parts) == sorted(cap.rsplit(' on ', 1)[0].split(' , ')) and background == scene.background
+        cells = [(data.COLS.index(p.split()[-1]), data.ROWS.index(p.split()[-2])) for p in parts]
+        assert cells == sorted(cells)  # left to right, and top to bottom within a column
+        reordered += by_col != cap
+    assert reordered > 20
+    with pytest.raises(ValueError, match='by='):
+        data.caption(ds.scenes[0], by='diagonal')
+
+
 def test_question_sets_ask_each_family_the_scene_can_carry_once():
     rng, sizes = np.random.default_rng(0), set()
     family = {'how many': 'count', 'what color': 'attribute', 'what shape': 'attribute', 'is there': 'existence',

@@ -92,6 +92,30 @@ def test_packed_questions_and_caption_equal_their_own_passes(umm, batch, monkeyp
     assert not torch.allclose(unmasked[~first], alone[~first], rtol=1e-3)
 
 
+def test_column_captions_add_their_own_turn(umm, batch):
+    ds = data.ShapesVQA('val', 6)
+    asked = [data.question_set(s, np.random.default_rng(i)) for i, s in enumerate(ds.scenes)]
+    by_col = [data.caption(s, by='col') for s in ds.scenes]
+    z = umm.encode(batch['images'])
+    per_question, per_caption = umm.questions_and_caption_loss(z, asked, batch['captions'], by_col)
+    plain_question, plain_caption = umm.questions_and_caption_loss(z, asked, batch['captions'])
+    column_alone = umm._target_loss(z, umm._ids([umm.marks['column_caption']] * len(by_col)), umm._ids(by_col))
+    torch.testing.assert_close(per_question, plain_question, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(per_caption, plain_caption + column_alone, rtol=1e-4, atol=1e-5)
+    assert (column_alone > 0).all()
+
+
+def test_fresh_position_table_is_a_row_half_and_a_column_half():
+    table = toy_umm.build_tiny_toy().vision.embeddings.position_embedding.weight.detach()
+    g = toy_umm.TINY['image_size'] // toy_umm.TINY['patch_size']
+    grid = table.reshape(g, g, -1)                    # (row, col, width), the patches' row-major order
+    half = table.shape[1] // 2
+    by_row, by_col = grid[..., :half], grid[..., half:]
+    assert torch.allclose(by_row, by_row[:, :1]) and torch.allclose(by_col, by_col[:1])  # each reads one axis
+    assert by_row.std(0).mean() > 0.1 and by_col.std(1).mean() > 0.1                   # and tells its values apart
+    assert table.pow(2).mean().sqrt() > 0.5                                            # at the patches' scale
+
+
 def test_decode_is_differentiable_in_z_and_perturb_is_applied(umm, batch):
     from perturber import Perturber
     z = umm.encode(batch['images']).detach().requires_grad_()
