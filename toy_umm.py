@@ -124,6 +124,9 @@ class ToyUMM(UMM):
         embeds = torch.cat([z.to(self.lm_head.weight.dtype), self.lm.get_input_embeddings()(padded)], 1)
         steps, mask = torch.arange(L, device=z.device).expand(B, L), None
         if segments is not None:  # restart each text's positions; let it see the image and itself, causally
+            if 'flash' in (self.lm.config._attn_implementation or ''):  # it drops 4-D masks: turns would see each other
+                raise ValueError("packed turns need a 4-D attention mask, which flash-attention ignores: build the LM "
+                                 "with attn_implementation='sdpa' or 'eager'")
             starts = torch.cat([torch.ones_like(segments[:, :1], dtype=torch.bool), segments.diff(dim=1) != 0], 1)
             steps = steps - torch.where(starts, steps, 0).cummax(1).values
             seg = torch.cat([segments.new_full((B, N), -1), segments], 1)                  # (B, N + L), image -1

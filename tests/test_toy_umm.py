@@ -83,6 +83,11 @@ def test_packed_questions_and_caption_equal_their_own_passes(umm, batch, monkeyp
     monkeypatch.setattr(umm.lm.config, '_attn_implementation', 'eager')
     eager, _ = umm.questions_and_caption_loss(z, asked, batch['captions'])
     torch.testing.assert_close(eager, alone, rtol=1e-4, atol=1e-5)
+    # flash-attention would drop the mask: packing refuses it rather than let turns read each other
+    monkeypatch.setattr(umm.lm.config, '_attn_implementation', 'flash_attention_2')
+    with pytest.raises(ValueError, match='flash-attention'):
+        umm.questions_and_caption_loss(z, asked, batch['captions'])
+    monkeypatch.setattr(umm.lm.config, '_attn_implementation', 'eager')
     # the mask and the restarted positions are what make them equal: read as one text, later turns see earlier ones
     plain = umm._lm_hidden
     monkeypatch.setattr(umm, '_lm_hidden', lambda z, ids, segments=None: plain(z, ids))
