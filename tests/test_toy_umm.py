@@ -269,6 +269,19 @@ def test_toy_without_weights_fails_with_one_clear_message(monkeypatch, tmp_path)
     assert 'siglip2' in str(e.value).lower() and 'tiny-toy' in str(e.value)
 
 
+def test_set_lr_warms_up_decays_to_a_tenth_and_scales_each_group():
+    w = [torch.zeros(1, requires_grad=True) for _ in range(2)]
+    opt = torch.optim.AdamW([dict(params=w[:1]), dict(params=w[1:], lr_scale=3.0)], lr=0.5)
+    seen = []
+    for step in (0, 9, 30, 55, 99):
+        toy_umm.set_lr(opt, 1e-3, step, steps=100, warmup=10)
+        seen.append([g['lr'] for g in opt.param_groups])
+    lm, decoder = zip(*seen)
+    assert lm[0] == pytest.approx(1e-4) and lm[1] == pytest.approx(1e-3)  # linear warm-up: (step + 1) / warmup
+    assert lm[2] < lm[1] and lm[3] == pytest.approx(0.55e-3) and lm[4] == pytest.approx(1e-4, rel=1e-2)  # cosine
+    assert decoder == pytest.approx([3 * x for x in lm])
+
+
 def test_pretrain_smoke_run_lowers_every_loss(tmp_path):
     out = str(tmp_path / 'base')
     toy_umm.pretrain(out, steps=30, batch_size=16, warmup=5, judge_steps=30, judge_batch=16, train_size=480,
