@@ -136,7 +136,7 @@ def main():
     t_start = time.time()
     log = lambda msg: print(f"[{(time.time() - t_start) / 60:5.1f} min] {msg}", flush=True)
 
-    # 0. the base, once (10 to 14 min on 2 cores)
+    # 0. the base, once (10 to 15 min on 2 cores)
     if not os.path.isfile(os.path.join(args.init, 'base.pt')):
         log(f"building the base in {args.init}")
         r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--mode', 'pretrain', '--out_dir',

@@ -176,7 +176,7 @@ if args.backbone == 'tiny-toy' and (args.mode == 'pretrain' or not os.path.isfil
                        f"`python train.py --mode pretrain --out_dir {args.init or 'DIR'}`")
     t0 = time.time()
     if master:
-        print(f"building the tiny-toy base in {base_dir} ({args.pretrain_steps} steps, 10 to 14 min on 2 cores)")
+        print(f"building the tiny-toy base in {base_dir} ({args.pretrain_steps} steps, 10 to 15 min on 2 cores)")
         toy_umm.pretrain(base_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx)
     if ddp:
         dist.barrier()
