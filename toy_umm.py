@@ -498,6 +498,6 @@ def train_judge(judge, train_set, steps, batch_size, lr, seed, ctx, metrics):
 def set_lr(opt, lr, step, steps, warmup):
     """Linear warm-up over `warmup` steps, then cosine decay to lr / 10; a group's `lr_scale` (default 1) scales it."""
     progress = max(0, step - warmup) / max(1, steps - warmup)
+    schedule = min(1, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
     for group in opt.param_groups:
-        schedule = min(1, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
         group['lr'] = group.get('lr_scale', 1) * lr * schedule
