@@ -276,9 +276,15 @@ class Judge(nn.Module):
 
     @classmethod
     def load(cls, path: str, map_location="cpu") -> "Judge":
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-        judge = cls.tiny(**payload["config"])
-        judge.model.load_state_dict(payload["state_dict"])
+        """A tiny judge saved by `save`. A truncated or foreign file raises ValueError naming it, not a torch trace."""
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+            judge = cls.tiny(**payload["config"])
+            judge.model.load_state_dict(payload["state_dict"])
+        except Exception as e:  # unreadable, not a dict, wrong keys or shapes: the same advice for each
+            raise ValueError(f"{path!r} is not a readable tiny judge ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:120]}); rebuild the base and its judge "
+                             f"with `python train.py --mode pretrain --out_dir DIR`") from None
         return judge
 
     def _embed(self, images: torch.Tensor | None, texts: list[str] | None) -> tuple:

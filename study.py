@@ -7,7 +7,7 @@ were chosen on val (README, "How the study's settings were chosen"), never on th
 
     python study.py                                    # 5 seeds SFT vs UniGame + Table 4 (3 seeds) + cost
     python study.py --seeds 1 --ablation-seeds 0 --steps 20 --size 200 --subset 100 --groups 100 \\
-        --out_dir out/study_quick                      # a quick check of the plumbing (about 3 min + the base)
+        --out_dir out/study_quick                      # a quick check of the plumbing (about 3 min)
 
 Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
 score.json) and an interrupted run resumes from its checkpoint. Results: OUT_DIR/study.json and OUT_DIR/study.md.
@@ -25,6 +25,7 @@ import torch
 
 import data
 import evaluate
+import toy_umm
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Table 4 on the toy, top to bottom (the README maps them to the paper's rows), then full_keep: the full game with B as
@@ -109,7 +110,7 @@ def markdown(scores, base, names, seeds, metrics):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--init', default='out/base', help='the tiny-toy base (built by --mode pretrain if missing)')
+    p.add_argument('--init', default=toy_umm.BASE_DIR, help='the tiny-toy base (default: the shipped weights/tiny-toy)')
     p.add_argument('--out_dir', '--out-dir', default='out/study', help='where runs, scores and tables go')
     p.add_argument('--seeds', type=int, default=5, help='seeds of the SFT vs UniGame (full) comparison')
     p.add_argument('--ablation-seeds', type=int, default=3, help="seeds of each Table 4 row (0: skip Table 4)")
@@ -136,13 +137,11 @@ def main():
     t_start = time.time()
     log = lambda msg: print(f"[{(time.time() - t_start) / 60:5.1f} min] {msg}", flush=True)
 
-    # 0. the base, once (10 to 15 min on 2 cores)
-    if not os.path.isfile(os.path.join(args.init, 'base.pt')):
-        log(f"building the base in {args.init}")
-        r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--mode', 'pretrain', '--out_dir',
-                            args.init], cwd=ROOT)
-        if r.returncode != 0:
-            raise SystemExit(f"study.py: building the base in {args.init} failed (exit {r.returncode})")
+    # 0. the base: the shipped one unless --init says otherwise; a missing or foreign base.pt fails now, not per run
+    try:
+        toy_umm.load_base(toy_umm.build_tiny_toy(), args.init)
+    except toy_umm.BaseError as e:
+        p.error(str(e))
     t_base = time.time() - t_start
 
     # 1. train and score every (row, seed) on test, the base too; the comparison's seeds for sft and full, the ablation

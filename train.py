@@ -1,11 +1,11 @@
 """
 UniGame post-training: Algorithm 1 of arXiv 2511.19413, the SFT baseline, and the toy's pretraining.
 
-CPU, the default: UniGame on tiny-toy for 300 steps, then base vs UniGame on val (builds out/base first if missing)
+CPU, the default: UniGame on the shipped tiny-toy base (weights/tiny-toy) for 300 steps, then base vs UniGame on val
     python train.py
-The SFT baseline (same steps, data and und_lr), and the tiny-toy base alone (Eq. 3):
+The SFT baseline (same steps, data and und_lr), and rebuilding the tiny-toy base (Eq. 3; about 20 min on 2 cores):
     python train.py --mode sft --out_dir out/sft
-    python train.py --mode pretrain --out_dir out/base
+    python train.py --mode pretrain --seed 0 --out_dir weights/tiny-toy
 One GPU, and eight GPUs (DDP; each rank keeps its own buffer):
     python train.py --backbone janus-pro-7b --eps 0.02 --dtype bfloat16 --out_dir out/janus7b
     torchrun --standalone --nproc_per_node=8 train.py --backbone janus-pro-7b --eps 0.02 --dtype bfloat16
@@ -37,7 +37,9 @@ p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDes
 p.add_argument('--backbone', default='tiny-toy', help=f"registry name: {', '.join(model.BACKBONES)}")
 p.add_argument('--mode', default='unigame', choices=['pretrain', 'sft', 'unigame'],
                help='pretrain: the toy base (Eq. 3); sft: clean CE on the LoRA; unigame: Algorithm 1')
-p.add_argument('--init', default='out/base', help='tiny-toy base checkpoint dir (the default one is built if missing)')
+p.add_argument('--init', default=toy_umm.BASE_DIR,
+               help='tiny-toy base checkpoint dir (base.pt, judge.pt); default: the one the repository ships, '
+                    'weights/tiny-toy')
 p.add_argument('--out_dir', '--out-dir', default=None, help='run directory (default: out/<mode>)')
 p.add_argument('--decode', default='regen', choices=['regen', 't2i'],
                help="Janus candidates: regen (x's VQ codes re-predicted in one teacher-forced pass, delta on the image "
@@ -91,7 +93,7 @@ p.add_argument('--steps', type=int, default=300, help='post-training steps (pret
 p.add_argument('--batch-size', type=int, default=32, help='clean samples per step and rank')
 p.add_argument('--und-lr', type=float, default=2e-5, help="U's LoRA AdamW learning rate (paper: 2e-5)")
 p.add_argument('--train-size', type=int, default=20000, help='synthetic train samples (post-training data)')
-p.add_argument('--pretrain-steps', type=int, default=2200, help='steps of --mode pretrain (tiny-toy, batch 32)')
+p.add_argument('--pretrain-steps', type=int, default=3000, help='steps of --mode pretrain (tiny-toy, batch 32)')
 # eval
 p.add_argument('--log-every', type=int, default=10, help='steps between metrics.jsonl lines')
 p.add_argument('--val-size', type=int, default=1000, help='val questions for the final table (0: skip it)')
@@ -138,10 +140,18 @@ if args.candidates > 1 and args.perturb == 'adversarial' and not sampling:
                          f"deterministic; use a sampling decoder (Janus --gen-temperature > 0 or --decode t2i) "
                          f"or --perturb random")
 # the filter's judge: checked now, before a large backbone loads (tiny-toy's comes with its base, checked below)
-judge_path = args.judge or os.path.join(args.init, 'judge.pt')
+if args.backbone == 'tiny-toy' and args.mode != 'pretrain' and not os.path.isfile(os.path.join(args.init, 'base.pt')):
+    try:
+        toy_umm.base_file(args.init)  # raises the message that names the file and the rebuild command
+    except toy_umm.BaseError as e:
+        fail('--init', str(e).removeprefix('--init '))
+# the filter's judge: checked now, before a large backbone loads; only the tiny-toy's defaults to its base's judge.pt
+judge_path = args.judge or (os.path.join(args.init, 'judge.pt') if args.backbone == 'tiny-toy' else '')
 judge_path = judge_path if args.mode == 'unigame' and args.filter != 'none' and args.space == 'decoded' else None
-if judge_path and not (os.path.isfile(judge_path) or os.path.isfile(judge_path.split(':', 1)[-1])) and not \
-        (args.backbone == 'tiny-toy' and args.judge is None):
+if judge_path == '':
+    fail('--judge', f"--filter {args.filter} on {args.backbone} needs a real CLIP: pass an open_clip "
+                    f"MODEL:LOCAL_FILE (e.g. ViT-B-32:/weights/open_clip_vit_b32.bin), or use --filter none")
+if judge_path and not (os.path.isfile(judge_path) or os.path.isfile(judge_path.split(':', 1)[-1])):
     fail('--judge', f"no judge at {judge_path!r}; pass a judge.pt, an open_clip MODEL:LOCAL_FILE, or --filter none")
 if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
     fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
@@ -168,36 +178,34 @@ if master:
     print(f"{json.dumps(vars(args))}\nautocast: {args.dtype} on {device}, world size {world_size}")
 timings = {}
 
-# the tiny-toy base: --mode pretrain builds it; the other modes build it first if it is missing
-if args.backbone == 'tiny-toy' and (args.mode == 'pretrain' or not os.path.isfile(os.path.join(args.init, 'base.pt'))):
-    base_dir = args.out_dir if args.mode == 'pretrain' else args.init
-    if args.mode != 'pretrain' and args.init != p.get_default('init'):  # only the default base is built on demand
-        fail('--init', f"no base checkpoint at {os.path.join(args.init, 'base.pt')}; build one with "
-                       f"`python train.py --mode pretrain --out_dir {args.init or 'DIR'}`")
+# --mode pretrain builds a tiny-toy base (the repository ships one, built by this command with --seed 0), and stops
+if args.mode == 'pretrain':
+    if args.backbone != 'tiny-toy':
+        fail('--backbone', f"--mode pretrain builds the tiny-toy base only, got {args.backbone}")
     t0 = time.time()
     if master:
-        print(f"building the tiny-toy base in {base_dir} ({args.pretrain_steps} steps, 10 to 15 min on 2 cores)")
-        toy_umm.pretrain(base_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx)
-    if ddp:
-        dist.barrier()
-    timings['pretrain'] = time.time() - t0
-    if args.mode == 'pretrain':
-        print(f"pretrain done in {timings['pretrain']:.0f}s: {base_dir}/base.pt, {base_dir}/judge.pt")
-        raise SystemExit(0)
-elif args.mode == 'pretrain':
-    fail('--backbone', f"--mode pretrain builds the tiny-toy base only, got {args.backbone}")
+        print(f"building a tiny-toy base in {args.out_dir} ({args.pretrain_steps} steps, about 20 min on 2 cores)")
+        toy_umm.pretrain(args.out_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx)
+        print(f"pretrain done in {time.time() - t0:.0f}s: {args.out_dir}/base.pt, judge.pt, report.json")
+    raise SystemExit(0)
 
 # -----------------------------------------------------------------------------
 # the UMM with LoRA on U, the perturber C, the judge, the buffer B, one optimizer each for U and C
 torch.manual_seed(args.seed)  # same init on every rank: trainable weights start (and stay) identical
-umm = model.load_backbone(args.backbone, init=args.init or None, dtype=ptdtype, decode=args.decode,
-                          decoder=args.decoder, gen_temperature=args.gen_temperature).to(device)
+try:
+    umm = model.load_backbone(args.backbone, init=args.init or None, dtype=ptdtype, decode=args.decode,
+                              decoder=args.decoder, gen_temperature=args.gen_temperature).to(device)
+except toy_umm.BaseError as e:  # a missing, truncated or foreign base.pt: one line naming the file and the fix
+    fail('--init', str(e).removeprefix('--init '))
 umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout).train()
 C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
 unigame = args.mode == 'unigame'
 judge = None
 if judge_path and os.path.isfile(judge_path):  # the semantic filter's CLIP
-    judge = Judge.load(judge_path, map_location=device)
+    try:
+        judge = Judge.load(judge_path, map_location=device)
+    except ValueError as e:  # truncated or not a judge: one line naming the file
+        fail('--judge', str(e))
 elif judge_path and ':' in judge_path:
     judge = Judge.from_pretrained(*judge_path.split(':', 1)).to(device)
 elif judge_path:

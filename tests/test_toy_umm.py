@@ -285,7 +285,7 @@ def test_set_lr_warms_up_decays_to_a_tenth_and_scales_each_group():
 def test_pretrain_smoke_run_lowers_every_loss(tmp_path):
     out = str(tmp_path / 'base')
     toy_umm.pretrain(out, steps=30, batch_size=16, warmup=5, judge_steps=30, judge_batch=16, train_size=480,
-                     val_size=16, eval_every=1000)
+                     val_size=16, eval_every=1000, report_size=32)
     rows = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
     umm_rows, judge_rows = [r for r in rows if 'step' in r], [r for r in rows if 'judge_step' in r]
     first, last = umm_rows[0], umm_rows[-1]
@@ -295,6 +295,10 @@ def test_pretrain_smoke_run_lowers_every_loss(tmp_path):
     assert judge_rows[0]['judge_step'] == 0 and judge_rows[-1]['judge_step'] == 29
     assert judge_rows[-1]['judge'] < judge_rows[0]['judge']
     assert os.path.isfile(os.path.join(out, 'base.pt')) and os.path.isfile(os.path.join(out, 'judge.pt'))
+    report = json.load(open(os.path.join(out, 'report.json')))  # the base against its targets, on 32 val questions
+    assert report['size'] == 32 and set(report['met']) == {'all', 'spatial', 'family_margin', 'reread_gap',
+                                                             't2i_ranking'}
+    assert not report['met']['all']  # 30 steps are far from 0.90
 
 
 def test_judge_training_does_not_depend_on_the_umm(tmp_path):
@@ -303,7 +307,7 @@ def test_judge_training_does_not_depend_on_the_umm(tmp_path):
     for steps in (2, 4):
         out = str(tmp_path / f'base{steps}')
         toy_umm.pretrain(out, steps=steps, batch_size=8, gen_batch=4, judge_steps=3, judge_batch=8, train_size=64,
-                         val_size=8, eval_every=1000)
+                         val_size=8, eval_every=1000, report_size=0)
         judges.append(torch.load(os.path.join(out, 'judge.pt'), weights_only=True)['state_dict'])
     assert judges[0].keys() == judges[1].keys()
     for k in judges[0]:

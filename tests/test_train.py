@@ -24,7 +24,7 @@ def base(tmp_path_factory):
     """A tiny-toy base after a few pretraining steps: enough for the plumbing, built in a few seconds."""
     out = str(tmp_path_factory.mktemp('base'))
     toy_umm.pretrain(out, steps=3, batch_size=16, judge_steps=3, judge_batch=16, train_size=200, val_size=16,
-                     eval_every=1000)
+                     eval_every=1000, report_size=0)
     return out
 
 
