@@ -42,6 +42,7 @@ SPECIALS = ('<pad>', '<unk>', '<eos>', '<answer>', '<caption>', '<image>')
 # model; rebuilt, seed 0 for the shipped one, by the command below (README, "The tiny-toy base")
 BASE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', 'tiny-toy')
 REBUILD = 'python train.py --mode pretrain --seed 0 --out_dir weights/tiny-toy'
+PRETRAIN_SCENES = 50000  # the base learns from train scenes 0, ..., 49,999; post-training reads the ones after
 
 
 class BaseError(ValueError):
@@ -445,8 +446,8 @@ def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B
 # pretraining the tiny-toy base from scratch (train.py --mode pretrain)
 
 def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, warmup=50, lambda_gen=1.0,
-             caption_weight=1.0, t2i_weight=1.0, gen_batch=16, judge_steps=1300, judge_batch=64, judge_lr=2e-3,
-             train_size=50000, val_size=1000, eval_every=1000, report_size=2000, seed=0, ctx=None):
+             caption_weight=1.0, t2i_weight=1.0, gen_batch=16, judge_steps=800, judge_batch=64, judge_lr=2e-3,
+             train_size=PRETRAIN_SCENES, val_size=1000, eval_every=1000, report_size=2000, seed=0, ctx=None):
     """Eq. 3's joint objective L_und + lambda·L_gen, plus the caption CE and the T2I token loss, all from scratch;
     then the tiny CLIP judge on the same image/caption pairs (train_judge), then the base's report against its
     targets on `report_size` val questions (evaluate.base_report). Writes base.pt, judge.pt, metrics.jsonl, report.json.
