@@ -3,13 +3,17 @@ Hard-sample buffer B — where the understanding branch keeps the decoded images
 
 Every mining step decodes perturbed candidates x~ = G(z + C(z)), scores them, and pushes the hard, plausible ones:
 
-    H(x~) = CE(U(Enc(x~), q), a) + lam · max(0, tau - s(x~))     # hardness: answer loss plus a similarity hinge
+    H(x~) = CE(U(Enc(x~), q), a) - lam · max(0, tau - s(x~))     # hardness: answer loss, less a plausibility hinge
     B     = { x~ : H(x~) >= quantile_0.6(H over the mining batch),  s(x~) >= min_sim }           # Eq. 4
 
-s is the judge's score: CLIP text-image cosine (`--filter clip`), or image-image cosine of candidate vs original
-(`--filter cosine`), or absent (`--filter none`). Defaults from Appendix F.2: the threshold is the 60th percentile of H
-within each mining batch, the minimum CLIP similarity is 0.6, and B holds at most 50 decoded images ranked by H.
-The understand step then replays samples of B next to clean data (Eq. 6, beta = 0.5).
+s is the judge's score on a calibrated scale (`calibrate`): 0 is as similar as another scene, 1 as similar as the
+sample's own clean pair, so one threshold means the same for the toy judge (matched cosines near 0.9) and a real
+CLIP (matched cosines near 0.3). The raw score is CLIP text-image cosine (`--filter clip`), image-image cosine of
+candidate vs original (`--filter cosine`), or absent (`--filter none`). The hinge only ever lowers H: a less plausible
+candidate never ranks harder. Defaults from Appendix F.2: the threshold is the 60th percentile of H within each mining
+batch, the minimum similarity is 0.6 (here on the calibrated scale), and B holds at most 50 decoded images ranked by H.
+The understand step replays entries of B mined at earlier steps next to clean data and this step's accepted
+candidates (Eq. 6, beta = 0.5).
 
 The Judge wraps open_clip's own CLIP class: a real checkpoint from a local file, or a tiny word-level CLIP that
 `train.py` trains from scratch on the synthetic captions, so the whole game runs on a CPU without downloads.
@@ -26,8 +30,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def calibrate(pos: torch.Tensor, neg: torch.Tensor):
+    """The filter's scale from clean data: s -> (s - mean neg) / (mean pos - mean neg), where pos are the judge's
+    scores of matched clean pairs (an image and its own caption) and neg of mismatched ones (another scene's)."""
+    lo, hi = neg.float().mean().item(), pos.float().mean().item()
+    if not hi - lo > 1e-6:
+        raise ValueError(f"the judge does not tell matched from mismatched pairs (mean {hi:.4f} vs {lo:.4f}); "
+                         f"train or pass a real judge, or use --filter none")
+    return lambda s: (s.float() - lo) / (hi - lo)
+
+
 def hardness(ce: torch.Tensor, sim: torch.Tensor | None, tau: float, lam: float) -> torch.Tensor:
-    """H = ce + lam · max(0, tau - sim) per candidate, float32 (B,). sim=None means no filter: H = ce."""
+    """H = ce - lam · max(0, tau - sim) per candidate, float32 (B,): a candidate below tau loses hardness, one above
+    keeps its CE, so low similarity never makes a candidate rank harder. sim=None means no filter: H = ce."""
     if ce.dim() != 1:
         raise ValueError(f"ce must be 1-D (B,), got shape {tuple(ce.shape)}")
     if lam < 0:
@@ -36,7 +51,7 @@ def hardness(ce: torch.Tensor, sim: torch.Tensor | None, tau: float, lam: float)
         return ce.float()
     if sim.shape != ce.shape:
         raise ValueError(f"sim must have the same shape as ce {tuple(ce.shape)}, got {tuple(sim.shape)}")
-    return ce.float() + lam * (tau - sim.float()).clamp(min=0)  # (B,)
+    return ce.float() - lam * (tau - sim.float()).clamp(min=0)  # (B,)
 
 
 def select_hard(h: torch.Tensor, sim: torch.Tensor | None, min_sim: float, quantile: float) -> torch.Tensor:
@@ -66,13 +81,14 @@ def _check_images(images: torch.Tensor, name: str = "images", tol: float = 1e-3)
 
 @dataclass
 class _Entry:
-    image: torch.Tensor  # uint8 (3, h, w) on CPU, 4x smaller than float32; or float32 tokens (N, H) in token space
+    image: torch.Tensor  # float32 (3, h, w) on CPU, the very pixels H scored; or float32 tokens (N, H) in token space
     question: str
     answer: str
     hardness: float
     step: int  # training step at which it was mined
     qtype: str | None = None
-    hinge: float = 0.0  # H - CE at mining: the filter's part of H, which a rescore keeps
+    hinge: float = 0.0  # H - CE at mining: the filter's part of H (<= 0), which a rescore keeps
+    original: torch.Tensor | None = None  # uint8 (3, h, w): the clean image it was decoded from, for galleries only
 
 
 class HardBuffer:
@@ -86,8 +102,8 @@ class HardBuffer:
         if space not in ('decoded', 'token'):
             raise ValueError(f"space (--space) must be 'decoded' or 'token', got {space!r}")
         self.capacity, self.space = int(capacity), space
-        # decoded: images (3, h, w) kept as uint8; token (Table 4's embedding-only ablation): perturbed tokens
-        # z~ (N, H) kept as float32, since U then reads tokens that were never decoded
+        # decoded: images (3, h, w) kept as float32, exactly what H was scored on (50 toy images: 0.8 MB; Janus at
+        # 384 px: 88 MB); token (Table 4's embedding-only ablation): the perturbed tokens z~ (N, H) themselves
         self.key = 'images' if space == 'decoded' else 'tokens'
         self.entries: list[_Entry] = []  # always sorted by hardness, highest first
         self.spent: list[_Entry] = []    # the last `capacity` entries consumed by replay, newest last: for galleries
@@ -103,9 +119,10 @@ class HardBuffer:
         """The H a candidate must beat once the buffer is full; nan when empty."""
         return self.entries[-1].hardness if self.entries else math.nan
 
-    def push(self, images, questions, answers, hardness, step: int, qtypes=None, ce=None) -> int:
+    def push(self, images, questions, answers, hardness, step: int, qtypes=None, ce=None, originals=None) -> int:
         """Insert candidates (images float (B, 3, h, w) in [0, 1], or tokens (B, N, H) in token space); returns how
-        many survived the ranking. `ce` (B,), the CE part of `hardness`, lets rescore() keep the filter's part."""
+        many survived the ranking. `ce` (B,), the CE part of `hardness`, lets rescore() keep the filter's part;
+        `originals` (B, 3, h, w), the clean images they came from, are kept as uint8 for galleries."""
         if self.space == 'decoded':
             _check_images(images)
         elif not (torch.is_tensor(images) and images.is_floating_point() and images.dim() == 3):
@@ -121,13 +138,12 @@ class HardBuffer:
         if self.entries and images.shape[1:] != self.entries[0].image.shape:
             raise ValueError(f"{self.key} are {tuple(images.shape[1:])} but the buffer holds "
                              f"{tuple(self.entries[0].image.shape)}; sample() must be able to stack them")
-        if self.space == 'decoded':
-            pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()  # (B, 3, h, w)
-        else:
-            pixels = images.detach().float().cpu()                                               # (B, N, H)
+        pixels = images.detach().float().cpu()                        # (B, 3, h, w) or (B, N, H), float32
         hinge = [0.0] * len(hs) if ce is None else [h - float(c) for h, c in zip(hs, ce.flatten().tolist())]
-        new = [_Entry(pixels[i].clone(), str(questions[i]), str(answers[i]), hs[i], int(step), qtypes[i], hinge[i])
-               for i in range(len(images))]
+        clean = [None] * len(hs) if originals is None else \
+            (originals.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()            # (B, 3, h, w)
+        new = [_Entry(pixels[i].clone(), str(questions[i]), str(answers[i]), hs[i], int(step), qtypes[i], hinge[i],
+                      None if clean[i] is None else clean[i].clone()) for i in range(len(images))]
         # Stable sort, old entries first: on a tie in H the incumbent stays; a full buffer only takes strictly harder.
         ranked = sorted(self.entries + new, key=lambda e: -e.hardness)[:self.capacity]
         kept = {id(e) for e in ranked}
@@ -161,8 +177,8 @@ class HardBuffer:
         if self.space == 'token':
             stored = torch.stack([e.image for e in picked]) if picked else torch.zeros(0, 0, 0)  # (n, N, H)
         else:
-            stored = (torch.stack([e.image for e in picked]).float() / 255 if picked
-                      else torch.zeros(0, 3, 0, 0))  # (n, 3, h, w); h, w unknown while empty
+            stored = (torch.stack([e.image for e in picked]) if picked
+                      else torch.zeros(0, 3, 0, 0))  # (n, 3, h, w) float32; h, w unknown while empty
         return {self.key: stored, 'questions': [e.question for e in picked], 'answers': [e.answer for e in picked],
                 'hardness': torch.tensor([e.hardness for e in picked], dtype=torch.float32),
                 'steps': torch.tensor([e.step for e in picked], dtype=torch.long), 'qtypes': [e.qtype for e in picked],
@@ -182,15 +198,16 @@ class HardBuffer:
         return dict(images=[e.image.clone() for e in entries], questions=[e.question for e in entries],
                     answers=[e.answer for e in entries], hardness=[e.hardness for e in entries],
                     steps=[e.step for e in entries], qtypes=[e.qtype for e in entries],
-                    hinges=[e.hinge for e in entries])
+                    hinges=[e.hinge for e in entries], originals=[e.original for e in entries])
 
     @staticmethod
     def _entries(sd) -> list:
         fields = ("images", "questions", "answers", "hardness", "steps", "qtypes")
         if len({len(sd[k]) for k in fields}) != 1:
             raise ValueError(f"corrupt buffer state: lengths {[len(sd[k]) for k in fields]}")
-        hinges = sd.get("hinges", [0.0] * len(sd["images"]))
-        return [_Entry(*row, h) for *row, h in zip(*(sd[k] for k in fields), hinges)]
+        n = len(sd["images"])
+        extra = zip(sd.get("hinges", [0.0] * n), sd.get("originals", [None] * n))
+        return [_Entry(*row, h, o) for *row, (h, o) in zip(*(sd[k] for k in fields), extra)]
 
     def state_dict(self) -> dict:
         """Plain tensors, lists, str, int, float, None: loads with torch.load(weights_only=True)."""

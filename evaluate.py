@@ -474,6 +474,7 @@ if __name__ == '__main__':
                         help='save originals over reconstructions over T2I(caption) to this PNG (PNG_<i> for the '
                              'i-th of several --ckpt)')
     args = parser.parse_args()
+    import toy_umm  # here, not at the top: toy_umm imports this module for pretraining's val accuracy
     try:
         if args.step_cost:
             step_cost(args.step_cost)
@@ -494,5 +495,5 @@ if __name__ == '__main__':
                     json.dump(result, f, indent=1)
                 os.replace(args.json + '.tmp', args.json)
                 print(f"wrote {args.json}")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, toy_umm.BaseError) as e:  # a missing or broken file: one line naming it
         parser.exit(2, f"evaluate.py: error: {e}\n")

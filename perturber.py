@@ -5,17 +5,24 @@ C reads each visual token z at the shared interface and proposes a bounded push 
 
     dir   = normalize(W3 · gelu(W2 · gelu(W1 · z)))        # a 3-layer MLP per token, last layer = direction head
     eps   = eps_max · sigmoid(theta)                        # one learnable scalar gate, always in [0, eps_max]
-    delta = eps · dir                                       # so ||delta_token||_2 = eps <= eps_max, by construction
+    rms   = sqrt(mean_i ||z_i||^2)                          # the size of the sample's tokens (a constant, no grad)
+    delta = eps · rms · dir                                 # so ||delta_i||_2 = eps · rms <= eps_max · rms
     z~    = z + delta
 
-C is trained to *maximise* the understanding loss on z~ (Eq. 7) minus lambda·||delta||^2, which here only reaches
-the gate (the direction is unit norm): the regulariser keeps eps from sitting at eps_max for free.
+What --eps measures: the per-token L2 norm of delta *relative to the RMS token norm* of the tokens it perturbs. The
+paper's 0.02 is then "each token moves by 2% of a token's size" on every backbone: the toy's z (norm about 6), Janus's
+post-LM generation states (norm of order 10^2) or SigLIP features alike, where an absolute 0.02 meant 0.3% of a toy
+token and nothing at all on Janus.
+
+C is trained to *maximise* the understanding loss on z~ (Eq. 7) minus lambda·||delta||^2 (in the same relative units,
+so lambda too means the same on every backbone), which here only reaches the gate (the direction is unit norm): the
+regulariser keeps eps from sitting at eps_max for free.
 
 Precision: the paper's ablation (Appendix B.2) found that small perturbations are quantised away in bf16/fp16, so
 every operation of C — the MLP, the normalisation, the gate and the norm penalty — runs in float32 even inside an
 autocast region. Only the returned delta is cast back to the input's dtype. Where it matters, add it in float32:
-`z_tilde = z.float() + C(z.float())` — in bf16 a token entry of size 1 has a spacing of 2^-7 ≈ 0.008, while an entry
-of delta is about eps / sqrt(H) ≈ 3e-4 for eps = 0.02 and H = 4096, so a bf16 sum would round delta away entirely.
+`z_tilde = z.float() + C(z.float())` — in bf16 an entry of size x has a spacing of x·2^-7 ≈ 0.008x, while an entry of
+delta is about eps·x = 0.02x at eps = 0.02, so a bf16 sum would keep barely two bits of delta.
 
 Size: with hidden size H and width W, C has 2·H·W + W² weights, 2·W + H biases and the gate. Width 256 on H = 4096
 (Janus-Pro-7B) gives 2,167,297 ≈ 2.2M parameters, the size of the paper's "only 2.1M" (Sec. 4.1; the paper does not
@@ -31,7 +38,7 @@ import torch.nn.functional as F
 
 
 class Perturber(nn.Module):
-    """delta = eps_max · sigmoid(theta) · normalize(mlp(z)), computed in float32 for every token of z (B, N, H)."""
+    """delta = eps_max · sigmoid(theta) · rms(z) · normalize(mlp(z)), in float32, for every token of z (B, N, H)."""
 
     def __init__(self, hidden_size: int, width: int | None = None, eps_max: float = 0.02, eps_init: float = 0.5):
         super().__init__()
@@ -58,6 +65,12 @@ class Perturber(nn.Module):
         """The current perturbation strength, a float32 scalar in [0, eps_max] (differentiable w.r.t. theta)."""
         return self.eps_max * torch.sigmoid(self.theta.float())
 
+    @staticmethod
+    def token_rms(z: torch.Tensor) -> torch.Tensor:
+        """The unit of eps: sqrt(mean over tokens of ||z_i||^2) per sample, (B, 1, 1) float32, no gradient."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return z.detach().float().pow(2).sum(-1).mean(-1).sqrt().clamp(min=1e-12)[:, None, None]
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """delta for every token of z (B, N, H), in z's dtype; the math inside is float32 whatever autocast says."""
         if z.dim() != 3 or z.shape[-1] != self.hidden_size:
@@ -65,21 +78,16 @@ class Perturber(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             direction = self.mlp(z.float())                                   # (B, N, H) float32
             direction = F.normalize(direction, dim=-1, eps=1e-12)             # unit norm per token
-            delta = self.eps * direction                                      # (B, N, H) float32, norm eps
+            delta = self.eps * self.token_rms(z) * direction                  # (B, N, H) float32, norm eps · rms
         return delta.to(z.dtype)
 
-    @staticmethod
-    def penalty(delta: torch.Tensor, lam: float) -> torch.Tensor:
-        """Eq. 7's regulariser lam·||delta||^2 per sample (B,), in float32.
-
-        ||delta||^2 is averaged over tokens rather than summed, so lam means the same for 64 tokens or 576.
-        """
-        if delta.dim() != 3:
-            raise ValueError(f"delta must have shape (B, N, H), got {tuple(delta.shape)}")
+    def penalty(self, lam: float) -> torch.Tensor:
+        """Eq. 7's regulariser lam·||delta||^2, float32, in eps's units (||delta_i|| / rms(z), averaged over tokens, so
+        lam means the same for 64 tokens or 576 and for tokens of norm 6 or 600). Every token of C's delta has
+        ||delta_i|| / rms(z) = eps by construction, so this is lam·eps^2, and it reaches only the gate."""
         if lam < 0:
             raise ValueError(f"lam (the norm penalty weight) must be >= 0, got {lam}")
-        with torch.autocast(device_type=delta.device.type, enabled=False):
-            return lam * delta.float().pow(2).sum(-1).mean(-1)               # (B,)
+        return lam * self.eps.pow(2)                                          # () float32
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, width={self.width}, eps_max={self.eps_max}"
+        return f"hidden_size={self.hidden_size}, width={self.width}, eps_max={self.eps_max} (relative to rms(z))"

@@ -82,6 +82,12 @@ def _vqa_clean(text):
     return text.replace('\n', ' ').replace('\t', ' ').strip()
 
 
+def normalize_answer(text: str) -> str:
+    """The VQA normalisation of one free-form answer ("Two." -> "2", "the cat" -> "cat"): what train.py compares
+    when it counts U's errors, so that free-form answers are not all wrong by the letter."""
+    return _vqa_digits_articles(_vqa_punctuation(_vqa_clean(text)))
+
+
 # vqaEval.py VQAEval.evaluate, the per-question body
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
     """VQA soft accuracy in [0, 1] of one prediction against the human answers (GT-Vision-Lab/VQA vqaEval.py).

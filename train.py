@@ -27,8 +27,9 @@ from tqdm import tqdm
 import data
 import evaluate
 import model
+import scorers
 import toy_umm
-from buffer import HardBuffer, Judge, hardness, select_hard
+from buffer import HardBuffer, Judge, calibrate, hardness, select_hard
 from perturber import Perturber
 
 # -----------------------------------------------------------------------------
@@ -54,12 +55,16 @@ p.add_argument('--lora-r', type=int, default=model.LORA_DEFAULTS['r'], help='LoR
 p.add_argument('--lora-alpha', type=float, default=model.LORA_DEFAULTS['alpha'], help='LoRA alpha')
 p.add_argument('--lora-dropout', type=float, default=model.LORA_DEFAULTS['dropout'], help='LoRA dropout')
 # perturber
-p.add_argument('--eps', type=float, default=0.02, help="eps_max, the per-token L2 budget of delta (paper: 0.02)")
+p.add_argument('--eps', type=float, default=0.02,
+               help="eps_max: the per-token L2 norm of delta relative to the RMS token norm of the tokens it perturbs, "
+                    "so 0.02 (the paper's) moves every token by 2%% of a token's size on every backbone")
 p.add_argument('--perturber-width', type=int, default=None, help='hidden width of C (default: H; 256 on H=4096 = 2.2M)')
 p.add_argument('--gen-lr', type=float, default=5e-3, help="C's AdamW learning rate (paper: 5e-3)")
-p.add_argument('--lam', type=float, default=1.0, help="Eq. 7's lambda on ||delta||^2 (mean over tokens)")
-p.add_argument('--attack', default='token', choices=['token', 'decoded'],
-               help="L_C on U(z + delta) (token) or on U(Enc(G(z + delta))) (decoded, Eq. 7 exactly)")
+p.add_argument('--lam', type=float, default=1.0,
+               help="Eq. 7's lambda on ||delta||^2, in eps's relative units (mean over tokens)")
+p.add_argument('--attack', default='decoded', choices=['decoded', 'token'],
+               help="L_C on U(Enc(G(z + delta))) (decoded: Eq. 7 and Algorithm 1, lines 5-7) or on U(z + delta) "
+                    "(token: Table 4's 'adversarial emb.' ablation)")
 p.add_argument('--perturb', default='adversarial', choices=['adversarial', 'random'],
                help='random: delta is noise of norm eps (Table 4 ablation), C is not trained')
 p.add_argument('--updates', default='1:1', help='G:U update ratio: C steps per U steps, e.g. 1:1, 1:5, 1:10')
@@ -74,28 +79,43 @@ p.add_argument('--candidates', type=int, default=1,
                help='K candidates decoded per sample when mining; K > 1 needs a sampling decoder or --perturb random')
 p.add_argument('--mine-every', type=int, default=1, help='mine candidates every m steps (Algorithm 1, line 9)')
 p.add_argument('--filter', default='clip', choices=['clip', 'cosine', 'none'],
-               help='semantic filter: judge text-image (clip), candidate-original image cosine, or none')
+               help='semantic filter: judge text-image (clip), candidate-original image cosine, or none; its score is '
+                    'calibrated on clean pairs: 0 = as similar as another scene, 1 = as the clean decode G(z)')
 p.add_argument('--judge', default=None,
                help="the filter's CLIP: a judge.pt (default: <init>/judge.pt, the toy's) or an open_clip "
                     "MODEL:LOCAL_FILE, e.g. ViT-B-32:/weights/open_clip_vit_b32.bin (real backbones)")
-p.add_argument('--min-sim', type=float, default=0.6, help='drop candidates whose similarity is below this')
-p.add_argument('--clip-tau', type=float, default=0.6, help="hinge threshold tau in H = CE + lam_clip*max(0, tau - s)")
+p.add_argument('--min-sim', type=float, default=0.6,
+               help='drop candidates whose calibrated similarity is below this (paper: 0.6; --min-sim=-1e9 keeps '
+                    'every one)')
+p.add_argument('--clip-tau', type=float, default=0.6,
+               help="hinge threshold tau, calibrated scale: H = CE - lam_clip*max(0, tau - s) (never adds hardness)")
 p.add_argument('--clip-lambda', type=float, default=1.0, help='weight of the hinge in H')
+p.add_argument('--calibration', type=int, default=256, help='clean train pairs that set the filter scale at start')
 p.add_argument('--hard-quantile', type=float, default=0.6, help='keep H >= this quantile of the batch (paper: 0.6)')
 p.add_argument('--beta', type=float, default=0.5, help='weight of the buffer term in L_U, Eq. 6 (paper: 0.5)')
-p.add_argument('--replay', type=int, default=16, help='buffer samples replayed per understand step')
-p.add_argument('--buffer-policy', default='consume', choices=['consume', 'rescore', 'keep'],
-               help="what replay does to an entry (the paper is silent): consume it (each is learnt once), rescore "
-                    "its H with U's current CE (learnt entries sink and leave), or keep it with its mining-time H. "
-                    "On the toy's val split keep cost 4.6 points of clean accuracy, rescore 2.5; consume none")
+p.add_argument('--replay', type=int, default=16,
+               help="entries of B, mined at earlier steps, replayed per understand step beside this step's accepted "
+                    "candidates (Eq. 6)")
+p.add_argument('--buffer-policy', default='rescore', choices=['rescore', 'keep', 'consume'],
+               help="what replay does to an entry (the paper is silent): rescore its H with U's current CE (learnt "
+                    "entries sink and are pushed out by harder ones), keep its mining-time H, or consume it (take it "
+                    "out: B then holds only what replay has not reached yet)")
 # optim
 p.add_argument('--steps', type=int, default=300, help='post-training steps (pretrain: see --pretrain-steps)')
 p.add_argument('--batch-size', type=int, default=32, help='clean samples per step and rank')
 p.add_argument('--und-lr', type=float, default=2e-5, help="U's LoRA AdamW learning rate (paper: 2e-5)")
-p.add_argument('--train-size', type=int, default=20000, help='synthetic train samples (post-training data)')
+p.add_argument('--clip-grad-u', type=float, default=0.0,
+               help="per-role clipping (Appendix B.2): max L2 norm of U's LoRA gradient, in float32 (0: off)")
+p.add_argument('--clip-grad-c', type=float, default=0.0, help="the same for C's gradient (0: off)")
+p.add_argument('--train-size', type=int, default=20000,
+               help="synthetic train samples for post-training: scenes after the base's pretraining scenes, never "
+                    "the same ones")
 p.add_argument('--pretrain-steps', type=int, default=3000, help='steps of --mode pretrain (tiny-toy, batch 32)')
 # eval
 p.add_argument('--log-every', type=int, default=10, help='steps between metrics.jsonl lines')
+p.add_argument('--asr-every', type=int, default=1,
+               help="steps between measurements of attack success and clean error (greedy answers to the clean rows "
+                    "and the accepted candidates; raise it on large backbones)")
 p.add_argument('--val-size', type=int, default=1000, help='val questions for the final table (0: skip it)')
 # system
 p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
@@ -117,11 +137,11 @@ for flag in ('gen_lr', 'und_lr', 'eps'):
     if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
         fail('--' + flag.replace('_', '-'), f"must be a finite number > 0, got {getattr(args, flag)}")
 for flag in ('steps', 'batch_size', 'train_size', 'candidates', 'mine_every', 'log_every', 'save_every',
-             'pretrain_steps', 'lora_r'):
+             'pretrain_steps', 'lora_r', 'asr_every', 'calibration'):
     if getattr(args, flag) < 1:
         fail('--' + flag.replace('_', '-'), f"must be >= 1, got {getattr(args, flag)}")
-if args.buffer_size < 0 or args.replay < 0 or args.beta < 0 or args.lam < 0:
-    fail('--buffer-size/--replay/--beta/--lam', 'must be >= 0')
+if min(args.buffer_size, args.replay, args.beta, args.lam, args.clip_grad_u, args.clip_grad_c) < 0:
+    fail('--buffer-size/--replay/--beta/--lam/--clip-grad-u/--clip-grad-c', 'must be >= 0')
 if not 0 < args.hard_quantile < 1:
     fail('--hard-quantile', f"must be in (0, 1), got {args.hard_quantile}")
 try:
@@ -216,7 +236,7 @@ opt_u = torch.optim.AdamW(u_params, lr=args.und_lr, weight_decay=0.0)
 opt_c = torch.optim.AdamW(c_params, lr=args.gen_lr, weight_decay=0.0)
 buffer_rng = torch.Generator().manual_seed(args.seed + rank)
 torch.manual_seed(args.seed + rank)  # from here on (LoRA dropout, random noise) ranks may differ
-train_set = data.ShapesVQA('train', args.train_size)
+train_set = data.ShapesVQA('train', args.train_size, first=toy_umm.PRETRAIN_SCENES)  # scenes the base never saw
 if master:
     n_u, n_c = sum(q.numel() for q in u_params), sum(q.numel() for q in c_params)
     n_all = sum(q.numel() for q in umm.parameters())
@@ -224,9 +244,8 @@ if master:
           f"of {n_all / 1e6:.1f}M")
 
 
-def batch_at(step):
-    """Rank r's batch at `step` is global batch step * world_size + r: a pure function of the step, for resume."""
-    idx = data.batch_indices(step * world_size + rank, len(train_set), args.batch_size, args.seed)
+def samples(idx):
+    """Samples idx of the train set as one batch on the device."""
     b = data.collate([train_set[i] for i in idx])
     images = b['images'].to(device)
     if images.shape[-1] != umm.image_size:  # backbones with other input sizes see the same scenes, resized
@@ -234,14 +253,54 @@ def batch_at(step):
     return {**b, 'images': images}
 
 
+def batch_at(step):
+    """Rank r's batch at `step` is global batch step * world_size + r: a pure function of the step, for resume."""
+    return samples(data.batch_indices(step * world_size + rank, len(train_set), args.batch_size, args.seed))
+
+
+def similarity(candidates, originals, captions):
+    """The filter's raw score per candidate (B,): judge text-image cosine with the caption (clip), judge image-image
+    cosine with the original (cosine), or in token space the mean token cosine with the clean tokens."""
+    if args.filter == 'clip':
+        return judge.image_text_similarity(candidates, captions)
+    if args.space == 'token':
+        return torch.nn.functional.cosine_similarity(candidates.float(), originals.float(), dim=-1).mean(1)
+    return judge.image_image_similarity(candidates, originals)
+
+
+@torch.no_grad()
+def filter_scale():
+    """The filter's calibrated scale (buffer.calibrate) from the first `--calibration` train pairs: 1 is the score
+    of the clean decode G(z) against its own scene, 0 its score against the next scene's, so that --min-sim means the
+    same for the toy judge (matched cosines near 0.9) and a real CLIP (near 0.3). Identical on every rank."""
+    umm.eval()
+    pos, neg = [], []
+    for start in range(0, min(args.calibration, len(train_set)), args.batch_size):
+        b = samples(range(start, min(start + args.batch_size, args.calibration, len(train_set))))
+        with ctx:
+            z = umm.encode(b['images'])                                         # (B, N, H)
+            clean, ref = (umm.decode(b['images'], z, b['questions'])[0], b['images']) if args.space == 'decoded' \
+                else (z, z)
+            c = b['captions']
+            pos.append(similarity(clean, ref, c))
+            neg.append(similarity(clean, ref.roll(1, 0), c[1:] + c[:1]))         # another scene's caption or image
+    umm.train()
+    pos, neg = torch.cat(pos), torch.cat(neg)
+    if master:
+        print(f"filter scale ({args.filter}): 1 = {pos.mean():.4f} (clean decode, own scene), 0 = {neg.mean():.4f} "
+              f"(another scene), over {len(pos)} train pairs")
+    return calibrate(pos, neg)
+
+
 def noise(z):
-    """Table 4's random-noise ablation: a random direction per token with the full budget eps."""
-    return args.eps * torch.nn.functional.normalize(torch.randn_like(z.float()), dim=-1)
+    """Table 4's random-noise ablation: a random direction per token with the full budget eps (relative, as C's)."""
+    return args.eps * Perturber.token_rms(z) * torch.nn.functional.normalize(torch.randn_like(z.float()), dim=-1)
 
 
-def step_(optimizer, loss, params):
+def step_(optimizer, loss, params, max_norm=0.0):
     """One update from `loss`, gradients only for `params` (U's step never touches C and vice versa), averaged over
-    ranks by one all-reduce of the flattened gradients; every rank calls this at the same steps."""
+    ranks by one all-reduce of the flattened gradients, then clipped to `max_norm` (0: not clipped) in float32, the
+    role's own norm (Appendix B.2); every rank calls this at the same steps."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward(inputs=params)
     if ddp:
@@ -250,6 +309,9 @@ def step_(optimizer, loss, params):
         dist.all_reduce(flat)
         for q, g in zip(params, flat.split([g.numel() for g in grads])):
             q.grad = g.view_as(q)
+    if max_norm > 0:
+        scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one (a no-op without float16)
+        torch.nn.utils.clip_grad_norm_([q for q in params if q.grad is not None], max_norm)  # float32 params, grads
     scaler.step(optimizer)
 
 
@@ -302,6 +364,10 @@ if master:
 
 # -----------------------------------------------------------------------------
 # Algorithm 1
+try:
+    scale = filter_scale() if unigame and args.filter != 'none' else None  # Eq. 4's s, calibrated once
+except ValueError as e:  # a judge that cannot tell a scene's caption from another's cannot filter anything
+    fail('--judge', str(e))
 metrics = None
 if master:  # on resume, drop the lines an interrupted run wrote after its last checkpoint
     path = os.path.join(args.out_dir, 'metrics.jsonl')
@@ -309,7 +375,25 @@ if master:  # on resume, drop the lines an interrupted run wrote after its last 
     metrics = open(path, 'w')
     metrics.writelines(kept)
 PHASES = ('data', 'challenge', 'mine', 'understand')  # where a step's time goes, logged as phase_time
-log = torch.zeros(10, device=device)  # sums since the last log line: L_U, L_C, C steps, ASR, candidates, n, PHASES
+# sums since the last log line, reduced over ranks only there: the losses, then what shows the game working
+SUMS = ('L_U', 'L_C', 'c_steps', 'steps', 'candidates', 'rejected', 'accepted', 'wrong_adv', 'wrong_adv_clean',
+        'asked_adv', 'wrong_clean', 'asked_clean', 'hard_fresh', 'hard_replayed', 'buffer_kept', *PHASES)
+log = torch.zeros(len(SUMS), device=device)
+
+
+def tally(**sums):
+    for k, v in sums.items():
+        log[SUMS.index(k)] += v
+
+
+def wrong(z_rows, questions, answers):
+    """Which of U's greedy answers are wrong (free-form answers compared after VQA normalisation), a list of bool."""
+    if not questions:
+        return []
+    return [scorers.normalize_answer(p) != scorers.normalize_answer(t)
+            for p, t in zip(umm.answer(z_rows, questions), answers)]
+
+
 nan_streak, t_train = 0, time.time()
 bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc=args.mode, disable=not master)
 step, interrupted = start_step, {'now': False}
@@ -323,24 +407,29 @@ try:
             z = umm.encode(x)                                       # (B, N, H) frozen Enc + Proj (line 3)
         t_end = [time.time()]  # when each phase ends; on GPU, kernels still running are billed to the phase that waits
 
-        # 1. challenge step (lines 4-8): C ascends L_C = CE(U(z~)) - lam ||delta||^2 (Eq. 7)
+        # 1. challenge step (lines 4-8): C ascends L_C = CE(U(Enc(G(z + delta)))) - lam ||delta||^2 (Eq. 7)
         c_steps = (step + 1) * g_updates // u_updates - step * g_updates // u_updates  # the G:U ratio
-        for _ in range(c_steps if unigame and args.perturb == 'adversarial' else 0):
+        c_steps = c_steps if unigame and args.perturb == 'adversarial' else 0
+        umm.eval()  # U is C's fixed opponent: no LoRA dropout while C ascends
+        for _ in range(c_steps):
             with ctx:
-                if args.attack == 'token':
-                    delta = C(z.float())                            # (B, N, H) float32, ||delta_token|| <= eps
-                    ce = umm.understand_loss(z.float() + delta, q, a)
-                else:                                               # through the decoder: Enc(G(z + delta))
-                    x_adv, delta = umm.decode(x, z, q, perturb=C)
+                if args.attack == 'decoded':                        # Eq. 7: decode z + delta, re-encode, answer
+                    x_adv, _ = umm.decode(x, z, q, perturb=C)       # (B, 3, s, s), differentiable in delta
                     ce = umm.understand_loss(umm.encode(x_adv), q, a)
-                l_c = (ce.float() - C.penalty(delta, args.lam)).mean()  # Eq. 7, float32
-            if torch.isfinite(l_c):
-                step_(opt_c, -l_c, c_params)                        # maximise: descend on -L_C
-                log[1:3] += torch.stack([l_c.detach(), torch.ones((), device=device)])
+                else:                                               # Table 4's "adversarial emb.": U reads z + delta
+                    ce = umm.understand_loss(z.float() + C(z.float()), q, a)
+                l_c = (ce.float() - C.penalty(args.lam)).mean()     # Eq. 7, float32
+            finite = torch.isfinite(l_c.detach()).float()
+            if ddp:  # every rank takes (or skips) C's update together
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+            if finite.item():
+                step_(opt_c, -l_c, c_params, args.clip_grad_c)    # maximise: descend on -L_C
+                tally(L_C=l_c.detach(), c_steps=1)
+        umm.train()
         t_end.append(time.time())
 
-        # 2. mine (lines 9-11): decode candidates, score H (Eq. 4), keep the hard plausible ones in B
-        fresh, held = None, None
+        # 2. mine (lines 9-11): decode candidates, score H (Eq. 4), keep the hard plausible ones
+        fresh = None  # this step's accepted candidates: (tokens U reads, questions, answers, rows of the batch)
         if unigame and step % args.mine_every == 0:
             umm.eval()  # score candidates without LoRA dropout (and without spending the RNG that training uses)
             with torch.no_grad(), ctx:
@@ -349,80 +438,84 @@ try:
                 qk, ak, ck, tk = ([v for v in seq for _ in range(K)] for seq in (q, a, b['captions'], b['qtypes']))
                 perturb = C if args.perturb == 'adversarial' else noise
                 if args.space == 'decoded':
-                    x_tilde, _ = umm.decode(xk, zk, qk, perturb=perturb)
+                    x_tilde, _ = umm.decode(xk, zk, qk, perturb=perturb)   # (B*K, 3, s, s)
                     z_tilde = umm.encode(x_tilde)                   # re-encode the candidates: U reads images
                 else:                                               # embedding-only: the tokens are the sample
-                    z_tilde = zk.float() + perturb(zk.float())
+                    z_tilde = zk.float() + perturb(zk.float())      # (B*K, N, H) float32, never rounded to bf16
                     x_tilde = z_tilde
-                ce = umm.understand_loss(z_tilde, qk, ak).float()   # (B*K,)
-                if args.filter == 'clip':                           # does the candidate still show the caption?
-                    sim = judge.image_text_similarity(x_tilde, ck)
-                elif args.filter == 'cosine' and args.space == 'token':  # token drift, mean over tokens
-                    sim = torch.nn.functional.cosine_similarity(z_tilde, zk.float(), dim=-1).mean(1)
-                elif args.filter == 'cosine':                       # is it still close to the original?
-                    sim = judge.image_image_similarity(x_tilde, xk)
-                else:
-                    sim = None
-                h = hardness(ce, sim, args.clip_tau, args.clip_lambda)
+                ce_k = umm.understand_loss(z_tilde, qk, ak).float()  # (B*K,)
+                sim = None if scale is None else scale(similarity(x_tilde, xk if args.space == 'decoded' else zk, ck))
+                h = hardness(ce_k, sim, args.clip_tau, args.clip_lambda)                   # Eq. 4's H, (B*K,)
                 keep = select_hard(h, sim, args.min_sim, args.hard_quantile).nonzero().flatten().tolist()
-                if step % args.log_every == 0 or last_step:         # attack success rate: U answers wrong
-                    wrong = [p_ != a_ for p_, a_ in zip(umm.answer(z_tilde, qk), ak)]
-                    log[3:5] += torch.tensor([sum(wrong), len(wrong)], dtype=torch.float, device=device)
+                tally(candidates=len(h), accepted=len(keep), rejected=0 if sim is None else (sim < args.min_sim).sum())
+                if step % args.asr_every == 0:  # attack success on accepted candidates next to U's own clean error
+                    clean_wrong = wrong(z, q, a)                    # on the batch, and on the accepted ones' originals
+                    tally(wrong_adv=sum(wrong(z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep])),
+                          wrong_adv_clean=sum(clean_wrong[i // K] for i in keep), asked_adv=len(keep),
+                          wrong_clean=sum(clean_wrong), asked_clean=len(q))
             umm.train()
-            if buffer is not None:
-                buffer.push(x_tilde[keep].float(), [qk[i] for i in keep], [ak[i] for i in keep], h[keep], step,
-                            qtypes=[tk[i] for i in keep], ce=ce[keep])
-                held = (len(buffer), buffer.mean_hardness())        # what B holds when U draws from it
-            else:  # no buffer (Table 4's ablation): this step's hard candidates are learnt from once, right away
-                keep = keep[:args.replay]
-                fresh = (z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep])
+            fresh = (z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep], keep)
         t_end.append(time.time())
 
-        # 3. understand step (lines 12-15): L_U = CE(clean) + beta * CE(hard samples from B) (Eq. 6)
+        # 3. understand step (lines 12-15): L_U = CE(clean) + beta * CE(hard), Eq. 6, where the hard rows are this
+        # step's accepted candidates and replays of B's entries mined at earlier steps
         with ctx:
-            hard, s = fresh, None                                   # hard: (tokens, questions, answers) or None
+            hard, replay = [], None                                 # hard: (tokens, questions, answers) parts
+            if fresh is not None and fresh[3]:
+                hard.append(fresh[:3])
             if buffer is not None and len(buffer) > 0:
-                s = buffer.sample(args.replay, generator=buffer_rng, remove=args.buffer_policy == 'consume')
+                replay = buffer.sample(args.replay, generator=buffer_rng, remove=args.buffer_policy == 'consume')
                 with torch.no_grad():
-                    z_hard = umm.encode(s['images'].to(device)) if args.space == 'decoded' else s['tokens'].to(device)
-                hard = (z_hard, s['questions'], s['answers'])
-            if hard is not None and len(hard[1]) > 0:               # clean and hard rows in one LM call
-                ce = umm.understand_loss(torch.cat([z, hard[0].to(z.dtype)]), q + hard[1], a + hard[2])
-                l_u = ce[:len(q)].mean() + args.beta * ce[len(q):].mean()
-                if s is not None and args.buffer_policy == 'rescore' and torch.isfinite(ce).all():
-                    buffer.rescore(s['index'], ce[len(q):])         # H of the replayed entries under U now
-            else:
-                l_u = umm.understand_loss(z, q, a).mean()
+                    z_hard = umm.encode(replay['images'].to(device)) if args.space == 'decoded' \
+                        else replay['tokens'].to(device)
+                hard.append((z_hard, replay['questions'], replay['answers']))
+            tally(hard_fresh=len(fresh[1]) if fresh is not None else 0,
+                  hard_replayed=len(replay['questions']) if replay is not None else 0)
+            tokens = torch.cat([z.float(), *(t.float() for t, _, _ in hard)])   # (B + hard, N, H): z + delta in fp32
+            questions, answers = q + [w for _, qs, _ in hard for w in qs], a + [w for _, _, aa in hard for w in aa]
+            ce = umm.understand_loss(tokens, questions, answers)    # clean and hard rows in one LM call
+            l_u = ce[:len(q)].mean() + (args.beta * ce[len(q):].mean() if len(questions) > len(q) else 0)  # Eq. 6
         finite = torch.isfinite(l_u.detach()).float()
         if ddp:  # every rank must take (or skip) the update together
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item():
-            step_(opt_u, l_u, u_params)
+            step_(opt_u, l_u, u_params, args.clip_grad_u)
             nan_streak = 0
         else:
             nan_streak += 1
             tqdm.write(f"warning: non-finite L_U at step {step}; update skipped ({nan_streak} in a row)")
             if nan_streak >= args.max_nan_steps:
                 raise FloatingPointError(f"{nan_streak} non-finite losses in a row; last good checkpoint kept")
+        if buffer is not None:  # B after replay: the replayed entries rescored, then this step's candidates pushed
+            if replay is not None and args.buffer_policy == 'rescore' and finite.item():
+                buffer.rescore(replay['index'], ce[len(ce) - len(replay['questions']):])  # H under U now
+            if fresh is not None and fresh[3]:  # B stores exactly what H scored: the float32 candidates
+                keep = fresh[3]
+                buffer.push(x_tilde[keep].float(), fresh[1], fresh[2], h[keep], step, qtypes=[tk[i] for i in keep],
+                            ce=ce_k[keep], originals=xk[keep] if args.space == 'decoded' else None)
+            tally(buffer_kept=len(buffer))
         scaler.update()
         t_end.append(time.time())
-        log[0] += l_u.detach().float().nan_to_num()
-        log[5:] += torch.tensor([1.0] + [b - a for a, b in zip([t_step] + t_end, t_end)], device=device)
+        tally(L_U=l_u.detach().float().nan_to_num(), steps=1)
+        log[SUMS.index(PHASES[0]):] += torch.tensor([b - a for a, b in zip([t_step] + t_end, t_end)], device=device)
 
         # log (reduced over ranks only here), checkpoint, terminate
         if step % args.log_every == 0 or last_step:
             if ddp:
                 dist.all_reduce(log)
-            n = log[5].item() / world_size
-            eps = C.eps.item() if args.perturb == 'adversarial' else args.eps  # random noise always has norm eps
-            row = dict(step=step, L_U=log[0].item() / world_size / n, eps=eps,
-                       L_C=log[1].item() / log[2].item() if log[2] > 0 else None,
-                       asr=log[3].item() / log[4].item() if log[4] > 0 else None,
-                       buffer=held[0] if held else len(buffer) if buffer else 0,
-                       H_mean=held[1] if held else buffer.mean_hardness() if buffer else None,
-                       step_time=log[6:].sum().item() / world_size / n,
-                       phase_time={k: v / world_size / n for k, v in zip(PHASES, log[6:].tolist())})
-            row['H_mean'] = None if row['H_mean'] is None or math.isnan(row['H_mean']) else row['H_mean']
+            t = dict(zip(SUMS, log.tolist()))
+            ratio = lambda k, n: t[k] / t[n] if t[n] > 0 else None  # noqa: E731  (sums over steps and ranks)
+            h_mean = buffer.mean_hardness() if buffer is not None else math.nan
+            row = dict(step=step, L_U=ratio('L_U', 'steps'), L_C=ratio('L_C', 'c_steps'),
+                       eps=C.eps.item() if args.perturb == 'adversarial' else args.eps,  # noise always has eps
+                       asr=ratio('wrong_adv', 'asked_adv'), clean_error=ratio('wrong_clean', 'asked_clean'),
+                       clean_error_accepted=ratio('wrong_adv_clean', 'asked_adv'),  # same samples, unperturbed
+                       accepted=ratio('accepted', 'candidates'), filter_reject=ratio('rejected', 'candidates'),
+                       hard_fresh=ratio('hard_fresh', 'steps'), hard_replayed=ratio('hard_replayed', 'steps'),
+                       buffer_kept=ratio('buffer_kept', 'steps') if buffer is not None else 0,
+                       H_mean=None if math.isnan(h_mean) else h_mean,
+                       step_time=sum(t[k] for k in PHASES) / t['steps'],
+                       phase_time={k: t[k] / t['steps'] for k in PHASES})
             log.zero_()
             if master:
                 metrics.write(json.dumps(row) + '\n')

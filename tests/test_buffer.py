@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from buffer import HardBuffer, Judge, WordTokenizer, hardness, select_hard
+from buffer import HardBuffer, Judge, WordTokenizer, calibrate, hardness, select_hard
 
 
 def _images(b, h=4, w=5, seed=0):
@@ -22,12 +22,29 @@ def _images(b, h=4, w=5, seed=0):
 def test_hardness_hand_computed():
     ce = torch.tensor([1.0, 2.0, 0.5, 0.0])
     sim = torch.tensor([0.3, 0.7, 0.6, -0.4])
-    # tau = 0.6, lam = 2: hinge 0.3 -> +0.6; 0.7 and 0.6 inactive; -0.4 -> +2.0
+    # tau = 0.6, lam = 2: hinge 0.3 -> -0.6; 0.7 and 0.6 inactive; -0.4 -> -2.0 (implausible: less hard)
     h = hardness(ce, sim, tau=0.6, lam=2.0)
     assert h.dtype == torch.float32
-    assert h.tolist() == pytest.approx([1.6, 2.0, 0.5, 2.0], abs=1e-6)
+    assert h.tolist() == pytest.approx([0.4, 2.0, 0.5, -2.0], abs=1e-6)
     assert hardness(ce.half(), None, tau=0.6, lam=2.0).tolist() == [1.0, 2.0, 0.5, 0.0]
     assert hardness(ce.bfloat16(), sim.bfloat16(), 0.6, 0.0).dtype == torch.float32
+
+
+@settings(max_examples=50, deadline=None)
+@given(ce=st.floats(0, 20), s_low=st.floats(-1, 1), s_high=st.floats(-1, 1), tau=st.floats(-1, 1),
+       lam=st.floats(0, 10))
+def test_a_less_plausible_candidate_never_ranks_harder(ce, s_low, s_high, tau, lam):
+    s_low, s_high = min(s_low, s_high), max(s_low, s_high)
+    h = hardness(torch.tensor([ce, ce]), torch.tensor([s_low, s_high]), tau=tau, lam=lam)
+    assert h[0] <= h[1] + 1e-6 and h[1] <= ce + 1e-6  # and the hinge never adds hardness
+
+
+def test_the_filter_scale_maps_clean_pairs_to_1_and_other_scenes_to_0():
+    pos, neg = torch.tensor([0.30, 0.34]), torch.tensor([0.10, 0.14])  # a real CLIP's range
+    scale = calibrate(pos, neg)
+    assert scale(torch.tensor([0.32, 0.12, 0.22])).tolist() == pytest.approx([1.0, 0.0, 0.5], abs=1e-5)
+    with pytest.raises(ValueError, match='does not tell matched'):
+        calibrate(torch.tensor([0.2]), torch.tensor([0.2]))
 
 
 def test_quantile_rule_matches_numpy_on_0_to_9():
@@ -83,16 +100,22 @@ def test_full_buffer_rejects_easier_and_ties():
     assert [(e.question, e.step, e.qtype) for e in buf.entries] == [("b", 0, None), ("e", 2, "color")]
 
 
-def test_images_roundtrip_uint8():
-    x = _images(3, 8, 6)
+def test_the_buffer_replays_the_very_pixels_h_was_scored_on():
+    """Candidates are stored float32 (a uint8 round trip would hand U other pixels than H scored); the originals,
+    kept for galleries only, as uint8."""
+    x, clean = _images(3, 8, 6), _images(3, 8, 6, seed=1)
     buf = HardBuffer(5)
-    buf.push(x, ["q"] * 3, ["a"] * 3, [1.0, 2.0, 3.0], step=0)
-    assert buf.entries[0].image.dtype == torch.uint8 and buf.entries[0].image.device.type == "cpu"
+    buf.push(x, ["q"] * 3, ["a"] * 3, [1.0, 2.0, 3.0], step=0, originals=clean)
+    assert buf.entries[0].image.dtype == torch.float32 and buf.entries[0].image.device.type == "cpu"
+    assert buf.entries[0].original.dtype == torch.uint8
     out = buf.sample(3, generator=torch.Generator().manual_seed(0))
     assert out["images"].dtype == torch.float32 and out["images"].shape == (3, 3, 8, 6)
     by_h = {h: i for i, h in enumerate([1.0, 2.0, 3.0])}
     for img, h in zip(out["images"], out["hardness"].tolist()):
-        assert (img - x[by_h[h]]).abs().max() <= 0.5 / 255 + 1e-6
+        assert torch.equal(img, x[by_h[h]])
+    restored = HardBuffer(5)
+    restored.load_state_dict(buf.state_dict())
+    assert torch.equal(restored.entries[0].original, (clean[2] * 255).round().to(torch.uint8))
 
 
 def test_sample_without_replacement_and_clipped():
@@ -138,19 +161,19 @@ def test_consume_takes_sampled_entries_out():
 
 def test_rescore_replaces_ce_keeps_the_filter_part_and_reranks():
     buf = HardBuffer(3)
-    # H = CE + hinge: a (2.0 = 1.0 + 1.0), b (1.5 = 1.5 + 0), c (1.2 = 1.2 + 0)
-    buf.push(_images(3), ["a", "b", "c"], ["x"] * 3, torch.tensor([2.0, 1.5, 1.2]), step=0,
-             ce=torch.tensor([1.0, 1.5, 1.2]))
+    # H = CE + hinge (<= 0): a (0.5 = 1.5 - 1.0, below tau), b (1.5 = 1.5 + 0), c (1.2 = 1.2 + 0)
+    buf.push(_images(3), ["a", "b", "c"], ["x"] * 3, torch.tensor([0.5, 1.5, 1.2]), step=0,
+             ce=torch.tensor([1.5, 1.5, 1.2]))
     s = buf.sample(3, generator=torch.Generator().manual_seed(0))
-    ce_now = {"a": 0.1, "b": 0.05, "c": 1.0}  # U has learnt a and b since
+    ce_now = {"a": 2.5, "b": 0.05, "c": 1.0}  # U has learnt b since, and got worse on a
     buf.rescore(s["index"], [ce_now[q] for q in s["questions"]])
-    assert [e.question for e in buf.entries] == ["a", "c", "b"]  # a keeps its +1.0 filter part: 0.1 + 1.0
-    assert [e.hardness for e in buf.entries] == pytest.approx([1.1, 1.0, 0.05])
+    assert [e.question for e in buf.entries] == ["a", "c", "b"]  # a keeps its -1.0 filter part: 2.5 - 1.0
+    assert [e.hardness for e in buf.entries] == pytest.approx([1.5, 1.0, 0.05])
     buf.push(_images(1), ["d"], ["x"], [0.5], step=1)  # now harder than the learnt b: it takes b's place
     assert [e.question for e in buf.entries] == ["a", "c", "d"]
     restored = HardBuffer(3)
     restored.load_state_dict(buf.state_dict())
-    assert [e.hinge for e in restored.entries] == pytest.approx([1.0, 0.0, 0.0])
+    assert [e.hinge for e in restored.entries] == pytest.approx([-1.0, 0.0, 0.0])
 
 
 def test_state_dict_roundtrip_weights_only():

@@ -1,5 +1,6 @@
-"""Perturber C: the budget holds for any input, the math is float32 under autocast, gradients reach the gate and the
-MLP, and the Eq. 7 penalty matches a plain re-computation.  Run: python -m pytest -q tests/test_perturber.py"""
+"""Perturber C: the budget (relative to the RMS token norm) holds for any input, the math is float32 under autocast,
+gradients reach the gate and the MLP, and the Eq. 7 penalty matches a plain re-computation.
+Run: python -m pytest -q tests/test_perturber.py"""
 
 import pytest
 import torch
@@ -18,9 +19,10 @@ def test_delta_never_exceeds_budget(b, n, h, eps_max, scale, init, dtype, seed):
     z = (torch.randn(b, n, h) * scale).to(dtype)
     delta = c(z)
     assert delta.shape == z.shape and delta.dtype == dtype
-    norms = delta.float().norm(dim=-1)
+    norms = delta.float().norm(dim=-1)                                       # (b, n)
+    rms = z.float().pow(2).sum(-1).mean(-1, keepdim=True).sqrt()            # (b, 1): the unit of eps
     assert torch.isfinite(norms).all()
-    assert (norms <= eps_max * (1 + 1e-2)).all()  # bf16 output rounds the norm by at most ~0.4%
+    assert (norms <= eps_max * rms * (1 + 1e-2)).all()  # bf16 output rounds the norm by at most ~0.4%
     assert 0 <= c.eps.item() <= eps_max
 
 
@@ -56,7 +58,8 @@ def test_matches_plain_formula():
     z = torch.randn(3, 2, 6)
     l1, l2, l3 = c.mlp[0], c.mlp[2], c.mlp[4]
     d = l3(torch.nn.functional.gelu(l2(torch.nn.functional.gelu(l1(z)))))
-    expected = 0.5 * 0.3 * d / d.norm(dim=-1, keepdim=True)  # eps = eps_max * sigmoid(logit(0.3))
+    rms = (z ** 2).sum(-1).mean(-1).sqrt()[:, None, None]  # sqrt of the mean squared token norm, per sample
+    expected = 0.5 * 0.3 * rms * d / d.norm(dim=-1, keepdim=True)  # eps = eps_max * sigmoid(logit(0.3))
     torch.testing.assert_close(c(z), expected, rtol=1e-5, atol=1e-7)
 
 
@@ -65,19 +68,34 @@ def test_gradients_reach_gate_and_mlp():
     c = Perturber(8, width=16, eps_max=0.1)
     z = torch.randn(4, 3, 8)
     target = torch.randn(8)
-    loss = ((z + c(z)) @ target).sum() - Perturber.penalty(c(z), lam=1.0).sum()
+    loss = ((z + c(z)) @ target).sum() - c.penalty(lam=1.0)
     loss.backward()
     for name, p in c.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_penalty_is_per_sample_mean_squared_token_norm():
-    delta = torch.zeros(2, 4, 3)
-    delta[0, 0] = torch.tensor([3.0, 4.0, 0.0])  # one token of norm 5 among 4
-    delta[1] = 1.0                                # every token has squared norm 3
-    pen = Perturber.penalty(delta.bfloat16(), lam=2.0)
-    assert pen.dtype == torch.float32 and pen.shape == (2,)
-    torch.testing.assert_close(pen, torch.tensor([2.0 * 25 / 4, 2.0 * 3.0]))
+def test_penalty_is_the_mean_squared_relative_token_norm():
+    """lam · mean_i (||delta_i|| / rms(z))^2, recomputed from the delta C returns, for tokens of very different size."""
+    torch.manual_seed(3)
+    c = Perturber(8, width=8, eps_max=0.4, eps_init=0.25)
+    for size in (1.0, 6.0, 600.0):
+        z = torch.randn(3, 5, 8) * size
+        delta = c(z)
+        rms = z.pow(2).sum(-1).mean(-1).sqrt()[:, None]                      # (3, 1)
+        by_hand = 2.0 * (delta.norm(dim=-1) / rms).pow(2).mean(-1)          # (3,)
+        pen = c.penalty(lam=2.0)
+        assert pen.dtype == torch.float32
+        torch.testing.assert_close(pen.expand(3), by_hand, rtol=1e-5, atol=0)
+
+
+def test_eps_is_relative_to_the_token_norm():
+    """The same C moves tokens of norm about 6 and about 600 by the same share of their size: eps."""
+    torch.manual_seed(4)
+    c = Perturber(16, eps_max=0.02)
+    z = torch.randn(2, 9, 16)
+    for k in (1.0, 100.0):
+        share = c(k * z).norm(dim=-1) / (k * z).pow(2).sum(-1).mean(-1, keepdim=True).sqrt()
+        torch.testing.assert_close(share, torch.full_like(share, c.eps.item()), rtol=1e-5, atol=0)
 
 
 def test_default_width_and_paper_parameter_count():
@@ -107,4 +125,4 @@ def test_bad_input_shape_is_named():
     with pytest.raises(ValueError, match='z must'):
         c(torch.randn(2, 3, 7))
     with pytest.raises(ValueError, match='lam'):
-        Perturber.penalty(torch.zeros(1, 1, 8), lam=-1)
+        c.penalty(lam=-1)

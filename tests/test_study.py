@@ -23,11 +23,11 @@ def test_paired_interval_by_hand():
 
 def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
     base, out = str(tmp_path / 'base'), str(tmp_path / 'study')
-    toy_umm.pretrain(base, steps=3, batch_size=16, judge_steps=3, judge_batch=16, train_size=200, val_size=16,
+    toy_umm.pretrain(base, steps=3, batch_size=16, judge_steps=40, judge_batch=16, train_size=200, val_size=16,
                      eval_every=1000, report_size=0)
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', base, '--out_dir', out, '--seeds', '1',
            '--ablation-seeds', '0', '--steps', '2', '--size', '40', '--subset', '20', '--groups', '10',
-           '--min-sim', '-1', '--extra', '--batch-size 8 --train-size 200 --replay 4 --log-every 1']
+           '--min-sim=-1e9', '--extra', '--batch-size 8 --train-size 200 --replay 4 --log-every 1']
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]

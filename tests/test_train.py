@@ -23,8 +23,8 @@ FAST = ['--train-size', '400', '--batch-size', '8', '--replay', '4', '--val-size
 def base(tmp_path_factory):
     """A tiny-toy base after a few pretraining steps: enough for the plumbing, built in a few seconds."""
     out = str(tmp_path_factory.mktemp('base'))
-    toy_umm.pretrain(out, steps=3, batch_size=16, judge_steps=3, judge_batch=16, train_size=200, val_size=16,
-                     eval_every=1000, report_size=0)
+    toy_umm.pretrain(out, steps=3, batch_size=16, judge_steps=40, judge_batch=16, train_size=200, val_size=16,
+                     eval_every=1000, report_size=0)  # a judge of 40 steps tells captions apart: the filter calibrates
     return out
 
 
@@ -56,7 +56,7 @@ def test_challenge_step_ascends_and_touches_only_c(base):
         z = umm.encode(b['images'])
     def l_c():  # Eq. 7 on the token side, as train.py computes it
         delta = c(z.float())
-        return (umm.understand_loss(z.float() + delta, b['questions'], b['answers']) - c.penalty(delta, 1.0)).mean()
+        return (umm.understand_loss(z.float() + delta, b['questions'], b['answers']) - c.penalty(1.0)).mean()
     before = l_c().item()
     for _ in range(15):
         opt.zero_grad()
@@ -97,31 +97,40 @@ def test_delta_stays_float32_under_bf16_autocast(base):
 
 def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
     out = str(tmp_path / 'ug')
-    run('--init', base, '--out_dir', out, '--steps', '6', '--eps', '0.05', '--min-sim', '-1', '--buffer-policy', 'keep',
-        *FAST)  # min-sim -1: the judge is untrained; keep: B holds what was mined
+    run('--init', base, '--out_dir', out, '--steps', '6', '--eps', '0.05', '--min-sim=-1e9', *FAST)  # the defaults
     rows = metrics(out)
     assert [r['step'] for r in rows] == [0, 2, 4, 5]
     for r in rows:
-        assert 0 <= r['eps'] <= 0.05 and 0 <= r['buffer'] <= 50 and r['L_C'] is not None and r['asr'] is not None
+        assert 0 <= r['eps'] <= 0.05 and 0 <= r['buffer_kept'] <= 50 and r['L_C'] is not None
+        for k in ('asr', 'clean_error', 'accepted', 'filter_reject'):  # the mechanism, next to U's own error
+            assert 0 <= r[k] <= 1, k
         phases = r['phase_time']  # where the step's time went: every phase of the game did work
         assert list(phases) == ['data', 'challenge', 'mine', 'understand'] and min(phases.values()) > 0
         assert abs(sum(phases.values()) - r['step_time']) < 1e-6
-    assert rows[-1]['buffer'] > 0
+    # Eq. 6 as written: U learns from this step's accepted candidates and from B's entries mined earlier, and under
+    # the defaults B keeps entries across steps (a consumed B was empty again after every step)
+    assert rows[0]['hard_fresh'] > 0 and rows[0]['hard_replayed'] == 0  # nothing mined before step 0
+    assert all(r['hard_fresh'] > 0 and r['hard_replayed'] > 0 for r in rows[1:])
+    assert rows[-1]['buffer_kept'] > rows[0]['buffer_kept'] > 0
+    buf = torch.load(os.path.join(out, 'rank0.pt'), weights_only=True)['buffer']
+    assert len(set(buf['steps'])) >= 2 and all(t.dtype == torch.float32 for t in buf['images'])
     for name in ('config.json', 'ckpt.pt', 'rank0.pt', 'adapter/adapter_config.json'):
         assert os.path.exists(os.path.join(out, name)), name
 
 
 def test_buffer_policies(base, tmp_path):
-    """consume: replay takes entries out (at most 4 kept per step here, 4 replayed), so B ends empty, and what it
-    handed out is kept aside; rescore: runs, and B's H are the current CEs (mean H stays finite and positive)."""
-    flags = ['--init', base, '--steps', '3', '--min-sim', '-1', *FAST]
-    run('--out_dir', str(tmp_path / 'consume'), '--buffer-policy', 'consume', *flags)
-    run('--out_dir', str(tmp_path / 'rescore'), '--buffer-policy', 'rescore', *flags)
+    """consume: replay takes entries out (at most 4 kept per step here, 4 replayed), so B holds only what the last
+    step pushed, and what it handed out is kept aside; keep and rescore: B holds entries of several steps."""
+    flags = ['--init', base, '--steps', '3', '--min-sim=-1e9', '--batch-size', '4', *FAST]
+    for policy in ('consume', 'keep', 'rescore'):
+        run('--out_dir', str(tmp_path / policy), '--buffer-policy', policy, *flags)
     consumed = torch.load(str(tmp_path / 'consume' / 'rank0.pt'), weights_only=True)['buffer']
-    assert consumed['images'] == [] and len(consumed['spent']['images']) > 0
-    assert metrics(str(tmp_path / 'consume'))[-1]['buffer'] > 0  # logged as B stood when U drew from it
-    last = metrics(str(tmp_path / 'rescore'))[-1]
-    assert last['buffer'] > 0 and 0 < last['H_mean'] < float('inf')
+    assert set(consumed['steps']) == {2} and len(consumed['spent']['images']) > 0
+    for policy in ('keep', 'rescore'):
+        buf = torch.load(str(tmp_path / policy / 'rank0.pt'), weights_only=True)['buffer']
+        assert set(buf['steps']) == {0, 1, 2}, policy
+        last = metrics(str(tmp_path / policy))[-1]
+        assert last['buffer_kept'] > 0 and last['H_mean'] is not None and abs(last['H_mean']) < float('inf')
 
 
 def test_token_space_ablation_buffers_perturbed_tokens(base, tmp_path):
@@ -142,7 +151,7 @@ def test_no_buffer_learns_from_the_steps_hard_candidates_at_once(base, tmp_path)
     run('--out_dir', sft, '--mode', 'sft', *common)
     run('--out_dir', ug, '--buffer-size', '0', '--filter', 'none', '--perturb', 'random', '--eps', '2', *common)
     assert metrics(ug)[0]['L_U'] > metrics(sft)[0]['L_U'] + 1e-3
-    assert metrics(ug)[0]['asr'] is not None and metrics(ug)[0]['buffer'] == 0
+    assert metrics(ug)[0]['asr'] is not None and metrics(ug)[0]['buffer_kept'] == 0
 
 
 def test_k_candidates_per_sample_are_mined(base, tmp_path):
@@ -165,13 +174,27 @@ def test_sft_and_bf16_runs(base, tmp_path):
     assert all(v is None or v == v for v in metrics(str(tmp_path / 'bf16'))[-1].values())  # no NaN
 
 
+def test_per_role_gradient_clipping_binds(base, tmp_path):
+    """--clip-grad-u clips U's LoRA gradient in float32 before AdamW: at 1e-12, far below AdamW's eps, U stays where
+    it started while C (not clipped) moves; without it both move."""
+    runs = {}
+    for name, flags in (('clipped', ['--clip-grad-u', '1e-12']), ('free', [])):
+        out = str(tmp_path / name)
+        run('--init', base, '--out_dir', out, '--steps', '3', '--min-sim=-1e9', *flags, *FAST)
+        runs[name] = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    lora_b = lambda ckpt: max(v.abs().max().item() for k, v in ckpt['trainable'].items() if 'lora_B' in k)
+    assert lora_b(runs['clipped']) < 1e-7 < 1e-5 < lora_b(runs['free'])  # peft starts lora_B at zero; 3 x lr 2e-5
+    assert abs(runs['clipped']['perturber']['theta'].item()) > 1e-4  # C's gate moved off its start (logit 0)
+
+
 def test_diffusion_decoder_runs_the_game(base, tmp_path):
-    """--decoder diffusion: candidates come from the UNet img2img branch (new, untrained modules on this base)."""
+    """--decoder diffusion: candidates come from the UNet img2img branch (new, untrained modules on this base, whose
+    noise no judge can calibrate on: --filter none)."""
     out = str(tmp_path / 'diff')
-    r = run('--init', base, '--out_dir', out, '--steps', '2', '--decoder', 'diffusion', '--min-sim', '-1',
+    r = run('--init', base, '--out_dir', out, '--steps', '2', '--decoder', 'diffusion', '--filter', 'none',
             '--buffer-policy', 'keep', *FAST)
     assert json.load(open(os.path.join(out, 'config.json')))['decoder'] == 'diffusion'
-    assert metrics(out)[-1]['buffer'] > 0 and 'UNet' in r.stdout  # load_base names the new parts
+    assert metrics(out)[-1]['buffer_kept'] > 0 and 'UNet' in r.stdout  # load_base names the new parts
 
 
 def test_resume_continues_exactly(base, tmp_path):
@@ -191,7 +214,7 @@ def test_resume_continues_exactly(base, tmp_path):
 
 def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     out = str(tmp_path / 'ddp')
-    run('--init', base, '--out_dir', out, '--steps', '4', '--min-sim', '-1', '--buffer-policy', 'keep', *FAST,
+    run('--init', base, '--out_dir', out, '--steps', '4', '--min-sim=-1e9', '--buffer-policy', 'keep', *FAST,
         launcher=(sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2'))
     r0, r1 = (torch.load(os.path.join(out, f'rank{r}.pt'), weights_only=True) for r in (0, 1))
     assert r0['weights_sha256'] == r1['weights_sha256']
@@ -204,6 +227,7 @@ def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     (['--hard-quantile', '1.5'], '--hard-quantile'), (['--space', 'token', '--filter', 'clip'], '--filter'),
     (['--backbone', 'tiny-janus', '--init', 'no/such/dir', '--steps', '1'], '--judge'),
     (['--candidates', '2'], '--candidates'), (['--candidates', '0'], '--candidates'),
+    (['--clip-grad-u', '-1'], '--clip-grad-u'), (['--asr-every', '0'], '--asr-every'),
     (['--resume', '--out_dir', 'no/such/run'], '--resume')])
 def test_bad_flags_fail_naming_the_flag(flags, named):
     r = run(*flags, ok=False)
