@@ -367,17 +367,25 @@ def plot_gallery(run_dir, path, n=16):
         print("gallery skipped: a token-space run (--space token) buffers tokens z + delta, not images")
         return None
     k = min(n, len(state['images']))
-    x = torch.stack(state['images'][:k]).float() / 255                               # (k, 3, s, s)
+    x = torch.stack(state['images'][:k])                                              # (k, 3, s, s) float32
+    x = x.float() / 255 if x.dtype == torch.uint8 else x                              # runs before float32 B
+    originals = state.get('originals', [None] * k)[:k]
     try:
         umm, _ = load_checkpoint(run_dir)
         with torch.no_grad():
             predictions = umm.answer(umm.encode(x), state['questions'][:k])
+            if all(o is not None for o in originals):  # each panel: original | G(Enc(original)) | candidate
+                clean = torch.stack(originals).float() / 255
+                x = torch.cat([clean, umm.render(umm.encode(clean)).float(), x], -1)  # (k, 3, s, 3 s)
+                title += ' (each: original | clean decode G(z) | candidate G(z + delta))'
     except FileNotFoundError as e:  # an interrupted run has no adapter/ yet: draw the buffer without predictions
         print(f"gallery without predictions: {e}")
         predictions = ['?'] * k
-    cols = min(4, k)
+    wide = x.shape[-1] > x.shape[-2]  # triptychs: half as many per row, twice as wide
+    cols = min(2 if wide else 4, k)
     rows = -(-k // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.6 * rows), squeeze=False, layout='constrained')
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols * (2 if wide else 1), 3.6 * rows), squeeze=False,
+                             layout='constrained')
     for j, ax in enumerate(axes.flat):
         ax.axis('off')
         if j >= k:
