@@ -304,3 +304,13 @@ def test_mmmu_eval_multi_choice_and_accuracy():
     assert S.mmmu_accuracy([]) == 0.0
     with pytest.raises(ValueError, match='parsed_pred'):
         S.mmmu_accuracy([{'question_type': 'open', 'answer': '1'}])
+
+
+def test_normalize_answer_is_the_vqa_normalisation_train_py_compares():
+    """Free-form answers that VQA scores as the same answer compare equal after normalize_answer; others do not."""
+    same = [('Two.', '2'), ('the cat', 'cat'), ('Yes', 'yes'), ('dont', "don't"), ('  red\n', 'red')]
+    for a, b in same:
+        assert S.normalize_answer(a) == S.normalize_answer(b), (a, b)
+        assert S.vqa_accuracy(a, [b, b, b, 'x']) == S.vqa_accuracy(b, [b, b, b, 'x'])  # the scorer agrees
+    assert S.normalize_answer('circle') != S.normalize_answer('square')
+    assert S.normalize_answer('3') != S.normalize_answer('2')
