@@ -446,7 +446,7 @@ def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B
 # pretraining the tiny-toy base from scratch (train.py --mode pretrain)
 
 def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, warmup=50, lambda_gen=1.0,
-             caption_weight=1.0, t2i_weight=1.0, gen_batch=16, judge_steps=800, judge_batch=64, judge_lr=2e-3,
+             caption_weight=1.0, t2i_weight=1.0, gen_batch=16, spatial_questions=1, judge_steps=800, judge_batch=64, judge_lr=2e-3,
              train_size=PRETRAIN_SCENES, val_size=1000, eval_every=1000, report_size=2000, seed=0, ctx=None):
     """Eq. 3's joint objective L_und + lambda·L_gen, plus the caption CE and the T2I token loss, all from scratch;
     then the tiny CLIP judge on the same image/caption pairs (train_judge), then the base's report against its
@@ -481,7 +481,8 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
         b = data.collate([train_set[i] for i in idx])
         x = b['images']
         # every image is asked a fresh question of each family it can carry (its dataset question is not used)
-        asked = [data.question_set(train_set.scenes[i], np.random.default_rng([seed, 2, step, i])) for i in idx]
+        asked = [data.question_set(train_set.scenes[i], np.random.default_rng([seed, 2, step, i]), spatial_questions)
+                 for i in idx]
         set_lr(opt, lr, step, steps, warmup)
         with ctx:  # Eq. 3: L_und + lambda * L_gen, with the caption CE and the T2I token loss beside them
             z = umm.encode(x)                                                            # (B, N, H)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 import data
 import evaluate
 import model
+import reader as scene_reader
 import scorers
 import toy_umm
 from buffer import HardBuffer, Judge, calibrate, hardness, select_hard
@@ -116,6 +117,9 @@ p.add_argument('--log-every', type=int, default=10, help='steps between metrics.
 p.add_argument('--asr-every', type=int, default=1,
                help="steps between measurements of attack success and clean error (greedy answers to the clean rows "
                     "and the accepted candidates; raise it on large backbones)")
+p.add_argument('--reader', default=None,
+               help="a scene reader outside the game (reader.py) that says which candidates broke their label, logged "
+                    "as broken_accepted / broken_rejected (default on tiny-toy: weights/tiny-toy/reader.pt; none: off)")
 p.add_argument('--val-size', type=int, default=1000, help='val questions for the final table (0: skip it)')
 # system
 p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
@@ -173,6 +177,16 @@ if judge_path == '':
                     f"MODEL:LOCAL_FILE (e.g. ViT-B-32:/weights/open_clip_vit_b32.bin), or use --filter none")
 if judge_path and not (os.path.isfile(judge_path) or os.path.isfile(judge_path.split(':', 1)[-1])):
     fail('--judge', f"no judge at {judge_path!r}; pass a judge.pt, an open_clip MODEL:LOCAL_FILE, or --filter none")
+# the reader that checks the filter from outside the game: the toy's scenes only
+reader_path = args.reader or (scene_reader.PATH if args.backbone == 'tiny-toy' else 'none')
+reader = None
+if args.mode == 'unigame' and args.space == 'decoded' and reader_path != 'none':
+    if args.backbone != 'tiny-toy':
+        fail('--reader', f"reads the toy's 36 px scenes only, not {args.backbone}'s images; use --reader none")
+    try:
+        reader = scene_reader.load(reader_path)
+    except ValueError as e:
+        fail('--reader', str(e))
 if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
     fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
 if args.backbone not in model.BACKBONES and not model.is_checkpoint_name(args.backbone):
@@ -377,7 +391,8 @@ if master:  # on resume, drop the lines an interrupted run wrote after its last 
 PHASES = ('data', 'challenge', 'mine', 'understand')  # where a step's time goes, logged as phase_time
 # sums since the last log line, reduced over ranks only there: the losses, then what shows the game working
 SUMS = ('L_U', 'L_C', 'c_steps', 'steps', 'candidates', 'rejected', 'accepted', 'wrong_adv', 'wrong_adv_clean',
-        'asked_adv', 'wrong_clean', 'asked_clean', 'hard_fresh', 'hard_replayed', 'buffer_kept', *PHASES)
+        'asked_adv', 'wrong_clean', 'asked_clean', 'broken_acc', 'broken_rej', 'wrong_intact', 'asked_intact',
+        'hard_fresh', 'hard_replayed', 'buffer_kept', *PHASES)
 log = torch.zeros(len(SUMS), device=device)
 
 
@@ -447,12 +462,19 @@ try:
                 sim = None if scale is None else scale(similarity(x_tilde, xk if args.space == 'decoded' else zk, ck))
                 h = hardness(ce_k, sim, args.clip_tau, args.clip_lambda)                   # Eq. 4's H, (B*K,)
                 keep = select_hard(h, sim, args.min_sim, args.hard_quantile).nonzero().flatten().tolist()
-                tally(candidates=len(h), accepted=len(keep), rejected=0 if sim is None else (sim < args.min_sim).sum())
+                rejected = [] if sim is None else (sim < args.min_sim).nonzero().flatten().tolist()
+                tally(candidates=len(h), accepted=len(keep), rejected=len(rejected))
+                if reader is not None:  # outside the game: did the candidate keep its label? (reader.py)
+                    broke = scene_reader.broken(reader, x_tilde.cpu(), qk, ak)
+                    tally(broken_acc=sum(broke[i] for i in keep), broken_rej=sum(broke[i] for i in rejected))
                 if step % args.asr_every == 0:  # attack success on accepted candidates next to U's own clean error
                     clean_wrong = wrong(z, q, a)                    # on the batch, and on the accepted ones' originals
-                    tally(wrong_adv=sum(wrong(z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep])),
-                          wrong_adv_clean=sum(clean_wrong[i // K] for i in keep), asked_adv=len(keep),
-                          wrong_clean=sum(clean_wrong), asked_clean=len(q))
+                    adv_wrong = wrong(z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep])
+                    tally(wrong_adv=sum(adv_wrong), wrong_adv_clean=sum(clean_wrong[i // K] for i in keep),
+                          asked_adv=len(keep), wrong_clean=sum(clean_wrong), asked_clean=len(q))
+                    if reader is not None:  # the successes that are U's failures, not edits of the scene
+                        intact = [not broke[i] for i in keep]
+                        tally(wrong_intact=sum(w and ok for w, ok in zip(adv_wrong, intact)), asked_intact=sum(intact))
             umm.train()
             fresh = (z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep], keep)
         t_end.append(time.time())
@@ -511,6 +533,9 @@ try:
                        asr=ratio('wrong_adv', 'asked_adv'), clean_error=ratio('wrong_clean', 'asked_clean'),
                        clean_error_accepted=ratio('wrong_adv_clean', 'asked_adv'),  # same samples, unperturbed
                        accepted=ratio('accepted', 'candidates'), filter_reject=ratio('rejected', 'candidates'),
+                       broken_accepted=ratio('broken_acc', 'accepted') if reader is not None else None,
+                       broken_rejected=ratio('broken_rej', 'rejected') if reader is not None else None,
+                       asr_intact=ratio('wrong_intact', 'asked_intact') if reader is not None else None,
                        hard_fresh=ratio('hard_fresh', 'steps'), hard_replayed=ratio('hard_replayed', 'steps'),
                        buffer_kept=ratio('buffer_kept', 'steps') if buffer is not None else 0,
                        H_mean=None if math.isnan(h_mean) else h_mean,
