@@ -8,7 +8,7 @@ broke").
 Each of the 3x3 cells is classified on its own: empty, or one of the 24 colour-shape objects. A read scene answers
 every question family but none about the background (the questions never ask about it).
 
-    python reader.py                       # train it (about 1 min on 2 cores), write weights/tiny-toy/reader.pt
+    python reader.py                       # train it (about 1.5 min on 2 cores), write weights/tiny-toy/reader.pt
     python reader.py --check               # its accuracy on val renders and on the shipped base's decodes G(z)
 """
 
