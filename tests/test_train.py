@@ -230,7 +230,8 @@ def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     (['--backbone', 'tiny-janus', '--init', 'no/such/dir', '--steps', '1'], '--judge'),
     (['--candidates', '2'], '--candidates'), (['--candidates', '0'], '--candidates'),
     (['--clip-grad-u', '-1'], '--clip-grad-u'), (['--asr-every', '0'], '--asr-every'),
-    (['--resume', '--out_dir', 'no/such/run'], '--resume')])
+    (['--resume', '--out_dir', 'no/such/run'], '--resume'), (['--reader', 'no/such/reader.pt'], '--reader'),
+    (['--backbone', 'tiny-janus', '--filter', 'none', '--reader', 'weights/tiny-toy/reader.pt'], '--reader')])
 def test_bad_flags_fail_naming_the_flag(flags, named):
     r = run(*flags, ok=False)
     assert named in r.stderr
