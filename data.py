@@ -192,7 +192,8 @@ def write_question(scene: Scene, qtype: str, rng: np.random.Generator) -> str | 
 def question_set(scene: Scene, rng: np.random.Generator, spatial: int = 1) -> list[tuple[str, str]]:
     """Several turns of VQA about one image: one question of each family the scene can carry (`spatial` of the
     spatial family, the one a base learns last), with its answer."""
-    questions = [write_question(scene, qtype, rng) for qtype in QTYPES for _ in range(spatial if qtype == 'spatial' else 1)]
+    questions = [write_question(scene, qtype, rng)
+                 for qtype in QTYPES for _ in range(spatial if qtype == 'spatial' else 1)]
     return [(q, answer(scene, q)) for q in questions if q is not None]
 
 

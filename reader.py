@@ -8,7 +8,7 @@ broke").
 Each of the 3x3 cells is classified on its own: empty, or one of the 24 colour-shape objects. A read scene answers
 every question family but none about the background (the questions never ask about it).
 
-    python reader.py                       # train it (about 1.5 min on 2 cores), write weights/tiny-toy/reader.pt
+    python reader.py                       # train it (87 s on 2 cores), write weights/tiny-toy/reader.pt
     python reader.py --check               # its accuracy on val renders and on the shipped base's decodes G(z)
 """
 
@@ -73,9 +73,8 @@ def broken(reader, images, questions, answers) -> list[bool]:
 
 
 def train(steps=1500, batch_size=64, lr=2e-3, noise=0.05, seed=0, size=20000):
-    """Cell CE on train renders (train scenes the base never saw: after toy_umm.PRETRAIN_SCENES would tie the
-    reader to the toy; any train scenes do), each image with Gaussian pixel noise of a random std up to `noise`, so
-    that it reads decoded images (the toy decoder's RMS error is about 0.04)."""
+    """Cell CE on train renders, each with Gaussian pixel noise of a random std up to `noise`, so that it reads
+    decoded images too (the toy decoder's RMS error is about 0.04). Any train scenes do: the reader is not the UMM."""
     torch.manual_seed(seed)
     ds, reader = data.ShapesVQA('train', size), SceneReader()
     y_all = torch.tensor([labels(s) for s in ds.scenes])                  # (size, 9)
