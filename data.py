@@ -245,6 +245,27 @@ def apply_shift(image: np.ndarray, scene: Scene, shift: str, rng: np.random.Gene
     raise ValueError(f"unknown shift {shift!r}; expected one of {SHIFTS}")
 
 
+def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2, max_sigma: float = 1.0):
+    """A generic augmentation, not one of the test shifts (a positive control, train.py --mode augment): each image
+    moved by up to `max_shift` px (edges repeated, so no object leaves its cell) and blurred by a Gaussian of
+    sigma ~ U(0, max_sigma). Every answer still holds. (B, 3, H, W) in [0, 1] -> the same shape."""
+    B, _, H, W = images.shape
+    out = torch.empty_like(images)
+    shifts = torch.randint(-max_shift, max_shift + 1, (B, 2), generator=generator).tolist()
+    sigmas = (torch.rand(B, generator=generator) * max_sigma).tolist()
+    padded = torch.nn.functional.pad(images, [max_shift] * 4, mode='replicate')     # (B, 3, H + 2m, W + 2m)
+    k = torch.arange(-2, 3, dtype=images.dtype)
+    for i, ((dy, dx), sigma) in enumerate(zip(shifts, sigmas)):
+        x = padded[i:i + 1, :, max_shift + dy:max_shift + dy + H, max_shift + dx:max_shift + dx + W]
+        if sigma > 0.05:  # a separable 5-tap Gaussian, reflect-padded
+            g = torch.exp(-k ** 2 / (2 * sigma ** 2))
+            g = (g / g.sum()).repeat(3, 1, 1, 1)                                  # (3, 1, 1, 5)
+            x = torch.nn.functional.pad(x, [2, 2, 2, 2], mode='reflect')
+            x = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, g, groups=3), g.transpose(2, 3), groups=3)
+        out[i] = x[0]
+    return out.clamp(0, 1)
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(image * 255).astype(np.uint8)
 

@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from fractions import Fraction
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -157,6 +158,18 @@ def t2i_ranking(umm, judge, dataset, batch_size=256) -> float:
 
 
 @torch.no_grad()
+def edit_ranking(judge, dataset, batch_size=256, seed=0) -> float:
+    """Share of images the judge finds closer to their own caption than to the caption with one shape or colour word
+    changed (data.hard_negative, drawn from `seed`): how well the buffer's filter can see a label-breaking edit."""
+    rng, wins = np.random.default_rng(seed), []
+    for batch in _batches(dataset, batch_size):
+        x, captions = batch['images'], batch['captions']
+        edits = [data.hard_negative(c, rng) for c in captions]
+        wins.append(judge.image_text_similarity(x, captions) > judge.image_text_similarity(x, edits))
+    return torch.cat(wins).float().mean().item()
+
+
+@torch.no_grad()
 def save_reconstructions(umm, dataset, path, n=8, scale=4):
     """A picture: n originals (top row) over their reconstructions G(Enc(x)) (middle) and T2I from their captions
     (bottom), each scaled up `scale` times."""
@@ -191,13 +204,14 @@ BASE_TARGETS = dict(all=0.90, spatial=0.85, family_margin=0.20, reread_gap=0.02,
 def base_report(umm, judge, split='val', size=2000) -> dict:
     """A base against BASE_TARGETS on the first `size` questions of `split`: accuracy overall and per family, each
     family's margin over its majority answer (majority of 20,000 train questions), re-reading G(Enc(x)) against
-    clean, and the judge's T2I ranking over the same scenes' captions. Prints a table; returns the numbers and
-    `met`, one flag per target. About 40 s for 2000 questions on 2 CPU cores."""
+    clean, and the judge's T2I ranking over the same scenes' captions; beside them, not a target, the judge's
+    edit ranking (edit_ranking). Prints a table; returns the numbers and `met`, one flag per target. About 40 s for
+    2000 questions on 2 CPU cores."""
     dataset = data.ShapesVQA(split, size)
     clean = accuracy(umm, dataset)
     reread = accuracy(umm, dataset, transform=lambda x: umm.render(umm.encode(x)))['all']
     majority = majority_baseline(data.ShapesVQA('train', 20000), dataset)
-    t2i = t2i_ranking(umm, judge, dataset)
+    t2i, edits = t2i_ranking(umm, judge, dataset), edit_ranking(judge, dataset)
     t = BASE_TARGETS
     margins = {k: clean[k] - majority[k] for k in data.QTYPES}
     met = {'all': clean['all'] >= t['all'], 'spatial': clean['spatial'] >= t['spatial'],
@@ -206,11 +220,12 @@ def base_report(umm, judge, split='val', size=2000) -> dict:
     print(f"\nthe base on {size} {split} questions (targets: all >= {t['all']}, spatial >= {t['spatial']}, every "
           f"family >= {t['family_margin']:.2f} above its majority answer, re-reading within {t['reread_gap']:.2f}, "
           f"T2I ranking >= {t['t2i_ranking']})")
-    print(''.join(f"{k:>11}" for k in clean) + f"{'re-read':>11}{'T2I rank':>11}")
-    print(''.join(f"{v:11.3f}" for v in clean.values()) + f"{reread:11.3f}{t2i:11.3f}")
+    print(''.join(f"{k:>11}" for k in clean) + f"{'re-read':>11}{'T2I rank':>11}{'edit rank':>11}")
+    print(''.join(f"{v:11.3f}" for v in clean.values()) + f"{reread:11.3f}{t2i:11.3f}{edits:11.3f}")
     print(''.join(f"{'':11}" if k == 'all' else f"{margins[k]:+11.3f}" for k in clean) + "   (over the majority)")
     print('targets: ' + ', '.join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
-    return dict(split=split, size=size, clean=clean, majority=majority, reread=reread, t2i_ranking=t2i, met=met)
+    return dict(split=split, size=size, clean=clean, majority=majority, reread=reread, t2i_ranking=t2i,
+                edit_ranking=edits, met=met)
 
 
 # -----------------------------------------------------------------------------

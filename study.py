@@ -2,11 +2,13 @@
 The reproduction study on CPU: does UniGame beat SFT on the toy, and does Table 4's ordering hold?
 
 From one tiny-toy base, every run is `train.py` with the same steps, data order, batch and und_lr; only the game
-differs. Each trained model is scored once on the test split by evaluate.py's toy suite. Its settings must be chosen
+differs. Beside SFT and UniGame, two positive controls with the same LoRA budget (train.py --mode pgd: U learns from
+pixel-PGD images, Madry et al.; --mode augment: from a generic augmentation): unless pgd beats sft on PGD accuracy by
+more than the paired 95% interval, the testbed cannot resolve an effect and the study says so. Each trained model is scored once on the test split by evaluate.py's toy suite. Its settings must be chosen
 on val, never on this table: und_lr 2e-4 was (for the earlier composition); eps, lam and min-sim are train.py's
 defaults until they are chosen again for the paper's composition (README, "Not done").
 
-    python study.py                                    # 5 seeds SFT vs UniGame + Table 4 (3 seeds) + cost
+    python study.py                                    # 5 seeds SFT, UniGame, PGD, augment + Table 4 (3 seeds) + cost
     python study.py --seeds 1 --ablation-seeds 0 --steps 20 --size 200 --subset 100 --groups 100 \\
         --out_dir out/study_quick                      # a quick check of the plumbing (about 3 min)
 
@@ -43,6 +45,11 @@ ROWS = {
     'full': ['--filter', 'clip'],
     'full_keep': ['--filter', 'clip', '--buffer-policy', 'keep'],  # B as a store of the hardest ever, replayed
 }
+# the positive controls, same LoRA, data, steps and beta: U learns from pixel-PGD images (Madry) or from a generic
+# augmentation (data.augment) instead of UniGame's candidates. The testbed can resolve an effect only if pgd beats sft
+# on PGD accuracy by more than the paired 95% interval.
+CONTROLS = {'pgd': ['--mode', 'pgd'], 'augment': ['--mode', 'augment']}
+COMPARED = ('sft', 'full', *CONTROLS)  # run over --seeds; the other rows over --ablation-seeds
 # the numbers a table shows, as keys of evaluate.flatten(score)
 METRICS = {'clean': 'clean all', **{s: f'shift {s}' for s in data.SHIFTS}, 'G-Acc': 'natural G_Acc',
            'PGD': 'pgd', 're-read': 'reread', 'consistency': 'consistency mean'}
@@ -113,7 +120,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--init', default=toy_umm.BASE_DIR, help='the tiny-toy base (default: the shipped weights/tiny-toy)')
     p.add_argument('--out_dir', '--out-dir', default='out/study', help='where runs, scores and tables go')
-    p.add_argument('--seeds', type=int, default=5, help='seeds of the SFT vs UniGame (full) comparison')
+    p.add_argument('--seeds', type=int, default=5, help='seeds of SFT vs UniGame (full) and the two controls')
     p.add_argument('--ablation-seeds', type=int, default=3, help="seeds of each Table 4 row (0: skip Table 4)")
     # the post-training budget and the settings chosen on val; the same for every run
     p.add_argument('--steps', type=int, default=300, help='post-training steps of every run')
@@ -148,7 +155,8 @@ def main():
 
     # 1. train and score every (row, seed) on test, the base too; the comparison's seeds for sft and full, the ablation
     # seeds for every row; seed-major, so that an interrupted study has whole seeds rather than whole rows
-    plan = {n: max(args.ablation_seeds, args.seeds if n in ('sft', 'full') else 0) for n in ROWS}
+    plan = {n: max(args.ablation_seeds if n in ROWS else 0, args.seeds if n in COMPARED else 0)
+            for n in {**ROWS, **CONTROLS}}
     plan = {n: k for n, k in plan.items() if k > 0}
     common = ['--init', args.init, '--steps', str(args.steps), '--und-lr', str(args.und_lr), '--eps', str(args.eps),
               '--lam', str(args.lam), '--min-sim', str(args.min_sim), '--val-size', '0', *args.extra.split()]
@@ -159,7 +167,7 @@ def main():
         for n, k in plan.items():
             if seed < k:
                 run = os.path.join(args.out_dir, n, f'seed{seed}')
-                train(run, [*common, *ROWS[n], '--seed', str(seed)])
+                train(run, [*common, *{**ROWS, **CONTROLS}[n], '--seed', str(seed)])
                 scores[n].append(score(run, sets, few, os.path.join(run, 'score.json')))
                 r = scores[n][-1]
                 log(f"{sum(map(len, scores.values()))}/{total} {run}: clean {r['clean all']:.3f}, "
@@ -168,11 +176,17 @@ def main():
 
     # 3. tables: SFT vs UniGame over seeds with paired 95% intervals; Table 4; the cost of each row
     metrics = {**METRICS, 'OOD mean': 'shift mean'}
-    main_table = markdown(scores, base, ['sft', 'full'], args.seeds, metrics)
-    diff = {k: paired_interval([s[v] for s in scores['sft'][:args.seeds]], [s[v] for s in scores['full'][:args.seeds]])
-            for k, v in metrics.items()}
-    main_table += '| full − sft (95% CI) | ' + f"{args.seeds} | " + ' | '.join(
-        f"{100 * m:+.1f}" + ('' if math.isnan(h) else f" ± {100 * h:.1f}") for m, h in diff.values()) + ' |\n'
+    main_table = markdown(scores, base, list(COMPARED), args.seeds, metrics)
+    diffs = {n: {k: paired_interval([s[v] for s in scores['sft'][:args.seeds]], [s[v] for s in scores[n][:args.seeds]])
+                 for k, v in metrics.items()} for n in COMPARED[1:]}
+    for n, diff in diffs.items():
+        main_table += f'| {n} − sft (95% CI) | ' + f"{args.seeds} | " + ' | '.join(
+            f"{100 * m:+.1f}" + ('' if math.isnan(h) else f" ± {100 * h:.1f}") for m, h in diff.values()) + ' |\n'
+    m, h = diffs['pgd']['PGD']
+    resolves = m - h > 0  # nan-safe: one seed has no interval and resolves nothing
+    main_table += (f"\nPositive control: pgd − sft on PGD accuracy {100 * m:+.1f} ± {100 * h:.1f} points: the testbed "
+                   + ("resolves an effect of this size.\n" if resolves else
+                      "does NOT resolve it; no verdict on UniGame holds on this testbed.\n"))
     ablation = markdown(scores, base, list(plan), args.ablation_seeds, metrics) if args.ablation_seeds else ''
     cost = {}
     for n in plan:
@@ -193,7 +207,8 @@ def main():
             + (f"## Table 4 on the toy ({args.ablation_seeds} seeds)\n\n{ablation}\n" if ablation else '')
             + f"## Cost (2 cores unless stated)\n\n{cost_table}\nG(z + delta) decode: {decode_ms:.2f} ms per "
             f"candidate (batch 32)\n\nwall time: " + ', '.join(f"{k} {v:.1f} min" for k, v in minutes.items()) + '\n')
-    atomic_json(dict(settings=vars(args), base=base, scores=scores, diff_full_minus_sft=diff, cost=cost,
+    atomic_json(dict(settings=vars(args), base=base, scores=scores, diff_minus_sft=diffs, control_resolves=resolves,
+                     cost=cost,
                      decode_ms_per_candidate=decode_ms, minutes=minutes), os.path.join(args.out_dir, 'study.json'))
     with open(os.path.join(args.out_dir, 'study.md'), 'w') as f:
         f.write(text)

@@ -20,6 +20,7 @@ import resource
 import signal
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -37,8 +38,9 @@ from perturber import Perturber
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 # model
 p.add_argument('--backbone', default='tiny-toy', help=f"registry name: {', '.join(model.BACKBONES)}")
-p.add_argument('--mode', default='unigame', choices=['pretrain', 'sft', 'unigame'],
-               help='pretrain: the toy base (Eq. 3); sft: clean CE on the LoRA; unigame: Algorithm 1')
+p.add_argument('--mode', default='unigame', choices=['pretrain', 'sft', 'unigame', 'pgd', 'augment'],
+               help='pretrain: the toy base (Eq. 3); sft: clean CE on the LoRA; unigame: Algorithm 1; the positive '
+                    'controls, Eq. 6 with other hard rows: pgd (pixel PGD images, Madry) or augment (data.augment)')
 p.add_argument('--init', default=toy_umm.BASE_DIR,
                help='tiny-toy base checkpoint dir (base.pt, judge.pt); default: the one the repository ships, '
                     'weights/tiny-toy')
@@ -92,6 +94,10 @@ p.add_argument('--clip-tau', type=float, default=0.6,
                help="hinge threshold tau, calibrated scale: H = CE - lam_clip*max(0, tau - s) (never adds hardness)")
 p.add_argument('--clip-lambda', type=float, default=1.0, help='weight of the hinge in H')
 p.add_argument('--calibration', type=int, default=256, help='clean train pairs that set the filter scale at start')
+p.add_argument('--filter-zero', default='edit', choices=['edit', 'scene'],
+               help="what the calibrated 0 is for --filter clip: the judge's score of G(z) with its caption edited by "
+                    "one shape or colour word (edit: a label-breaking change) or with another scene's caption (scene); "
+                    "--filter cosine always uses another scene")
 p.add_argument('--hard-quantile', type=float, default=0.6, help='keep H >= this quantile of the batch (paper: 0.6)')
 p.add_argument('--beta', type=float, default=0.5, help='weight of the buffer term in L_U, Eq. 6 (paper: 0.5)')
 p.add_argument('--replay', type=int, default=16,
@@ -120,6 +126,8 @@ p.add_argument('--asr-every', type=int, default=1,
 p.add_argument('--reader', default=None,
                help="a scene reader outside the game (reader.py) that says which candidates broke their label, logged "
                     "as broken_accepted / broken_rejected (default on tiny-toy: weights/tiny-toy/reader.pt; none: off)")
+p.add_argument('--pgd-eps', type=float, default=8.0, help='--mode pgd: L-inf radius of the attack, in 1/255 units')
+p.add_argument('--pgd-steps', type=int, default=10, help='--mode pgd: signed-gradient steps of eps/4 each')
 p.add_argument('--val-size', type=int, default=1000, help='val questions for the final table (0: skip it)')
 # system
 p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
@@ -137,11 +145,11 @@ def fail(flag, message):
     p.error(f"{flag}: {message}")
 
 
-for flag in ('gen_lr', 'und_lr', 'eps'):
+for flag in ('gen_lr', 'und_lr', 'eps', 'pgd_eps'):
     if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
         fail('--' + flag.replace('_', '-'), f"must be a finite number > 0, got {getattr(args, flag)}")
 for flag in ('steps', 'batch_size', 'train_size', 'candidates', 'mine_every', 'log_every', 'save_every',
-             'pretrain_steps', 'lora_r', 'asr_every', 'calibration'):
+             'pretrain_steps', 'lora_r', 'asr_every', 'calibration', 'pgd_steps'):
     if getattr(args, flag) < 1:
         fail('--' + flag.replace('_', '-'), f"must be >= 1, got {getattr(args, flag)}")
 if min(args.buffer_size, args.replay, args.beta, args.lam, args.clip_grad_u, args.clip_grad_c) < 0:
@@ -218,7 +226,7 @@ if args.mode == 'pretrain':
         fail('--backbone', f"--mode pretrain builds the tiny-toy base only, got {args.backbone}")
     t0 = time.time()
     if master:
-        print(f"building a tiny-toy base in {args.out_dir} ({args.pretrain_steps} steps, about 20 min on 2 cores)")
+        print(f"building a tiny-toy base in {args.out_dir} ({args.pretrain_steps} steps, about 24 min on 2 cores)")
         toy_umm.pretrain(args.out_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx)
         print(f"pretrain done in {time.time() - t0:.0f}s: {args.out_dir}/base.pt, judge.pt, report.json")
     raise SystemExit(0)
@@ -285,10 +293,13 @@ def similarity(candidates, originals, captions):
 @torch.no_grad()
 def filter_scale():
     """The filter's calibrated scale (buffer.calibrate) from the first `--calibration` train pairs: 1 is the score
-    of the clean decode G(z) against its own scene, 0 its score against the next scene's, so that --min-sim means the
-    same for the toy judge (matched cosines near 0.9) and a real CLIP (near 0.3). Identical on every rank."""
+    of the clean decode G(z) with its own caption; 0 with the caption one shape or colour word away (--filter-zero
+    edit: a candidate must stay nearer its label than an edited scene) or with the next scene's caption or image
+    (scene). So --min-sim means the same for the toy judge (matched cosines near 0.9) and a real CLIP (near 0.3).
+    Identical on every rank."""
     umm.eval()
-    pos, neg = [], []
+    pos, neg, edits = [], [], np.random.default_rng([args.seed, 7])  # the same edits on every rank
+    zero = args.filter_zero if args.filter == 'clip' else 'scene'
     for start in range(0, min(args.calibration, len(train_set)), args.batch_size):
         b = samples(range(start, min(start + args.batch_size, args.calibration, len(train_set))))
         with ctx:
@@ -297,12 +308,13 @@ def filter_scale():
                 else (z, z)
             c = b['captions']
             pos.append(similarity(clean, ref, c))
-            neg.append(similarity(clean, ref.roll(1, 0), c[1:] + c[:1]))         # another scene's caption or image
+            wrong = [data.hard_negative(t, edits) for t in c] if zero == 'edit' else c[1:] + c[:1]
+            neg.append(similarity(clean, ref.roll(1, 0), wrong))                 # an edited caption, or another scene
     umm.train()
     pos, neg = torch.cat(pos), torch.cat(neg)
     if master:
         print(f"filter scale ({args.filter}): 1 = {pos.mean():.4f} (clean decode, own scene), 0 = {neg.mean():.4f} "
-              f"(another scene), over {len(pos)} train pairs")
+              f"({'its caption, one word edited' if zero == 'edit' else 'another scene'}), over {len(pos)} train pairs")
     return calibrate(pos, neg)
 
 
@@ -409,6 +421,17 @@ def wrong(z_rows, questions, answers):
             for p, t in zip(umm.answer(z_rows, questions), answers)]
 
 
+def control_images(x, q, a):
+    """The positive controls' hard rows, same LoRA, data and steps as UniGame: PGD on the pixels through the frozen
+    encoder (Madry et al.; U in eval mode while it attacks) or a generic augmentation that is not a test shift."""
+    if args.mode == 'augment':
+        return data.augment(x.cpu(), buffer_rng).to(x.device)
+    umm.eval()
+    x_adv = evaluate.pgd_attack(umm, x, q, a, args.pgd_eps / 255, args.pgd_steps, args.pgd_eps / 255 / 4)
+    umm.train()
+    return x_adv
+
+
 nan_streak, t_train = 0, time.time()
 bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc=args.mode, disable=not master)
 step, interrupted = start_step, {'now': False}
@@ -491,6 +514,11 @@ try:
                     z_hard = umm.encode(replay['images'].to(device)) if args.space == 'decoded' \
                         else replay['tokens'].to(device)
                 hard.append((z_hard, replay['questions'], replay['answers']))
+            if args.mode in ('pgd', 'augment'):                     # the positive controls: the same Eq. 6 with
+                x_ctrl = control_images(x, q, a)                    # PGD or augmented images as the hard rows
+                with torch.no_grad():
+                    hard.append((umm.encode(x_ctrl), q, a))
+                fresh = (None, q, a, None)
             tally(hard_fresh=len(fresh[1]) if fresh is not None else 0,
                   hard_replayed=len(replay['questions']) if replay is not None else 0)
             tokens = torch.cat([z.float(), *(t.float() for t, _, _ in hard)])   # (B + hard, N, H): z + delta in fp32

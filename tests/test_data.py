@@ -151,6 +151,26 @@ def test_ood_shifts_change_images_not_questions(shift):
     assert torch.equal(again.images, shifted.images)  # shifts are seeded too
 
 
+def test_augment_moves_and_blurs_each_image_within_its_bounds():
+    """data.augment (the augmentation control): at zero strength the images come back unchanged; without blur each
+    image is the original moved by at most max_shift px with its edges repeated, and the moves differ between images;
+    blur keeps the mean brightness."""
+    x = data.collate([data.ShapesVQA('val', 16)[i] for i in range(16)])['images']
+    assert torch.equal(data.augment(x, torch.Generator().manual_seed(0), 0, 0.0), x)
+    moved = data.augment(x, torch.Generator().manual_seed(0), 2, 0.0)
+    padded = torch.nn.functional.pad(x, [2] * 4, mode='replicate')
+    found = []
+    for i in range(len(x)):
+        fits = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                if torch.equal(moved[i], padded[i, :, 2 + dy:2 + dy + 36, 2 + dx:2 + dx + 36])]
+        assert fits, i
+        found.append(fits[0])
+    assert len(set(found)) > 3
+    blurred = data.augment(x, torch.Generator().manual_seed(1), 0, 1.0)
+    assert not torch.equal(blurred, x)
+    assert torch.allclose(blurred.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=0.02)
+
+
 def test_natural_groups_flip_every_answer():
     groups = data.NaturalGroups('test', 120)
     for g in groups:

@@ -46,6 +46,28 @@ def test_t2i_ranking_counts_wins_against_another_scene():
     assert evaluate.t2i_ranking(Oracle(ds, shift=1), judge, ds, batch_size=40) == 0.0  # always the other scene
 
 
+class CaptionJudge:
+    """A stand-in judge that scores an image 1 with its scene's own caption and 0 with any other text (or, with
+    inverted=True, the other way round)."""
+
+    def __init__(self, dataset, inverted=False):
+        self.caption_of = {dataset[i]['image'].numpy().tobytes(): c for i, c in enumerate(dataset.captions)}
+        self.inverted = inverted
+
+    def image_text_similarity(self, images, texts):
+        own = torch.tensor([self.caption_of[x.numpy().tobytes()] == t for x, t in zip(images, texts)]).float()
+        return 1 - own if self.inverted else own
+
+
+def test_edit_ranking_counts_the_own_caption_above_a_one_word_edit():
+    ds = data.ShapesVQA('val', 40)
+    assert evaluate.edit_ranking(CaptionJudge(ds), ds, batch_size=16) == 1.0
+    assert evaluate.edit_ranking(CaptionJudge(ds, inverted=True), ds, batch_size=16) == 0.0
+    torch.manual_seed(0)
+    blind = Judge.tiny(data.VOCAB)  # random weights: some edits win, some lose
+    assert 0.0 < evaluate.edit_ranking(blind, ds) < 1.0
+
+
 def test_reconstruction_picture_has_three_rows(tmp_path):
     ds = data.ShapesVQA('val', 4)
     path = str(tmp_path / 'recon.png')

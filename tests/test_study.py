@@ -22,29 +22,30 @@ def test_paired_interval_by_hand():
 
 
 def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
-    base, out = str(tmp_path / 'base'), str(tmp_path / 'study')
-    toy_umm.pretrain(base, steps=3, batch_size=16, judge_steps=40, judge_batch=16, train_size=200, val_size=16,
-                     eval_every=1000, report_size=0)
+    base, out = toy_umm.BASE_DIR, str(tmp_path / 'study')  # the shipped base: its judge calibrates the filter
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', base, '--out_dir', out, '--seeds', '1',
            '--ablation-seeds', '0', '--steps', '2', '--size', '40', '--subset', '20', '--groups', '10',
-           '--min-sim=-1e9', '--extra', '--batch-size 8 --train-size 200 --replay 4 --log-every 1']
+           '--min-sim=-1e9', '--extra', '--batch-size 8 --train-size 200 --replay 4 --log-every 1 --pgd-steps 2']
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     with open(os.path.join(out, 'study.json')) as f:
         result = json.load(f)
-    assert set(result['scores']) == {'sft', 'full'} and len(result['scores']['full']) == 1
+    assert set(result['scores']) == {'sft', 'full', 'pgd', 'augment'} and len(result['scores']['full']) == 1
     full, sft = result['scores']['full'][0], result['scores']['sft'][0]
     assert 0 <= full['clean all'] <= 1 and 0 <= sft['pgd'] <= sft['clean all']  # PGD counts right-and-attacked
     with open(os.path.join(out, 'full', 'seed0', 'metrics.jsonl')) as f:
         assert any(json.loads(line)['L_C'] is not None for line in f)  # the full row really played the game
     md = open(os.path.join(out, 'study.md')).read()
-    assert '| full − sft (95% CI) |' in md and '| sft |' in md
+    assert '| full − sft (95% CI) |' in md and '| pgd − sft (95% CI) |' in md and '| sft |' in md
+    assert 'does NOT resolve' in md and result['control_resolves'] is False  # one seed has no interval: no verdict
     cost = result['cost']  # the phases add up to the step, and only the game spends time challenging and mining
     for row in cost.values():
         assert abs(sum(row['ms_per_phase'].values()) - row['ms_per_step']) < 1e-3 * row['ms_per_step']
     assert cost['full']['ms_per_phase']['mine'] > 10 * cost['sft']['ms_per_phase']['mine']
     assert cost['full']['ms_per_phase']['challenge'] > 10 * cost['sft']['ms_per_phase']['challenge']
+    with open(os.path.join(out, 'pgd', 'seed0', 'metrics.jsonl')) as f:
+        assert all(json.loads(line)['hard_fresh'] == 8 for line in f)  # the control learnt from a PGD row per sample
     kept = [os.path.join(out, run, name) for run in ('sft/seed0', 'full/seed0') for name in ('final.json', 'score.json')]
     stamps = [os.stat(p).st_mtime_ns for p in kept]
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)

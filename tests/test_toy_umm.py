@@ -299,6 +299,7 @@ def test_pretrain_smoke_run_lowers_every_loss(tmp_path):
     assert report['size'] == 32 and set(report['met']) == {'all', 'spatial', 'family_margin', 'reread_gap',
                                                              't2i_ranking'}
     assert not report['met']['all']  # 30 steps are far from 0.90
+    assert 0 <= report['edit_ranking'] <= 1  # the judge's edit ranking is reported beside the targets
 
 
 def test_judge_training_does_not_depend_on_the_umm(tmp_path):

@@ -20,12 +20,10 @@ FAST = ['--train-size', '400', '--batch-size', '8', '--replay', '4', '--val-size
 
 
 @pytest.fixture(scope='module')
-def base(tmp_path_factory):
-    """A tiny-toy base after a few pretraining steps: enough for the plumbing, built in a few seconds."""
-    out = str(tmp_path_factory.mktemp('base'))
-    toy_umm.pretrain(out, steps=3, batch_size=16, judge_steps=40, judge_batch=16, train_size=200, val_size=16,
-                     eval_every=1000, report_size=0)  # a judge of 40 steps tells captions apart: the filter calibrates
-    return out
+def base():
+    """The shipped tiny-toy base and its judge: a judge that tells a caption from its one-word edit is what the
+    filter's scale is calibrated on (a few steps of pretraining give a judge that cannot)."""
+    return toy_umm.BASE_DIR
 
 
 def run(*flags, ok=True, launcher=(sys.executable,)):
@@ -81,7 +79,7 @@ def test_understand_step_descends_and_touches_only_lora(base):
         opt.zero_grad()
         loss().backward(inputs=params)
         opt.step()
-    assert loss().item() < before - 0.05
+    assert loss().item() < 0.5 * before  # the base already answers most of these: a relative drop
     assert all(p.grad is None for p in c.parameters())
 
 
@@ -154,6 +152,36 @@ def test_no_buffer_learns_from_the_steps_hard_candidates_at_once(base, tmp_path)
     run('--out_dir', ug, '--buffer-size', '0', '--filter', 'none', '--perturb', 'random', '--eps', '2', *common)
     assert metrics(ug)[0]['L_U'] > metrics(sft)[0]['L_U'] + 1e-3
     assert metrics(ug)[0]['asr'] is not None and metrics(ug)[0]['buffer_kept'] == 0
+
+
+def test_positive_controls_learn_from_pgd_and_augmented_rows(base, tmp_path):
+    """--mode pgd and --mode augment are Eq. 6 with other hard rows: every clean row gets its PGD (or augmented)
+    image beside it, weighted by beta, so with the same weights, batch and no dropout their L_U exceeds SFT's clean CE
+    (PGD by more: it ascends the same loss); no C, no buffer, no judge."""
+    common = ['--init', base, '--steps', '1', '--lora-dropout', '0', *FAST]
+    losses = {}
+    for mode in ('sft', 'pgd', 'augment'):
+        out = str(tmp_path / mode)
+        run('--out_dir', out, '--mode', mode, '--pgd-steps', '3', *common)
+        row = metrics(out)[0]
+        losses[mode] = row['L_U']
+        assert row['L_C'] is None and row['buffer_kept'] == 0
+        assert row['hard_fresh'] == (0 if mode == 'sft' else 8)  # one hard row per clean row of the batch of 8
+    assert losses['pgd'] > losses['augment'] > losses['sft']
+
+
+def test_the_filter_scale_puts_zero_at_a_one_word_edit(base, tmp_path):
+    """--filter-zero edit (the default) calibrates the filter's 0 at the judge's score of G(z) with its caption one
+    shape or colour word away: nearer the clean score than another scene's caption is (--filter-zero scene)."""
+    zeros = {}
+    for zero in ('edit', 'scene'):
+        r = run('--init', base, '--out_dir', str(tmp_path / zero), '--steps', '1', '--filter-zero', zero, *FAST)
+        line = next(l for l in r.stdout.splitlines() if l.startswith('filter scale'))
+        assert ('one word edited' if zero == 'edit' else 'another scene') in line, line
+        one, nought = (float(v.split()[0]) for v in line.split('= ')[1:3])
+        zeros[zero] = (one, nought)
+    assert zeros['edit'][0] == zeros['scene'][0]  # the same 1: the clean decode with its own caption
+    assert zeros['scene'][1] < zeros['edit'][1] < zeros['edit'][0]
 
 
 def test_k_candidates_per_sample_are_mined(base, tmp_path):
@@ -231,7 +259,8 @@ def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     (['--candidates', '2'], '--candidates'), (['--candidates', '0'], '--candidates'),
     (['--clip-grad-u', '-1'], '--clip-grad-u'), (['--asr-every', '0'], '--asr-every'),
     (['--resume', '--out_dir', 'no/such/run'], '--resume'), (['--reader', 'no/such/reader.pt'], '--reader'),
-    (['--backbone', 'tiny-janus', '--filter', 'none', '--reader', 'weights/tiny-toy/reader.pt'], '--reader')])
+    (['--backbone', 'tiny-janus', '--filter', 'none', '--reader', 'weights/tiny-toy/reader.pt'], '--reader'),
+    (['--mode', 'pgd', '--pgd-steps', '0'], '--pgd-steps'), (['--mode', 'pgd', '--pgd-eps', '-8'], '--pgd-eps')])
 def test_bad_flags_fail_naming_the_flag(flags, named):
     r = run(*flags, ok=False)
     assert named in r.stderr
