@@ -1,10 +1,12 @@
 """
-UniGame post-training: Algorithm 1 of arXiv 2511.19413, the SFT baseline, and the toy's pretraining.
+UniGame post-training: Algorithm 1 of arXiv 2511.19413, the SFT baseline, two positive controls, the toy's pretraining.
 
 CPU, the default: UniGame on the shipped tiny-toy base (weights/tiny-toy) for 300 steps, then base vs UniGame on val
     python train.py
-The SFT baseline (same steps, data and und_lr), and rebuilding the tiny-toy base (Eq. 3; about 20 min on 2 cores):
+The SFT baseline (same steps, data and und_lr), the controls (U learns from pixel-PGD or augmented images instead of
+C's candidates), and rebuilding the tiny-toy base (Eq. 3; about 24 min on 2 cores):
     python train.py --mode sft --out_dir out/sft
+    python train.py --mode pgd --out_dir out/pgd            # or --mode augment
     python train.py --mode pretrain --seed 0 --out_dir weights/tiny-toy
 One GPU, and eight GPUs (DDP; each rank keeps its own buffer):
     python train.py --backbone janus-pro-7b --eps 0.02 --dtype bfloat16 --out_dir out/janus7b
@@ -403,7 +405,7 @@ if master:  # on resume, drop the lines an interrupted run wrote after its last 
 PHASES = ('data', 'challenge', 'mine', 'understand')  # where a step's time goes, logged as phase_time
 # sums since the last log line, reduced over ranks only there: the losses, then what shows the game working
 SUMS = ('L_U', 'L_C', 'c_steps', 'steps', 'candidates', 'rejected', 'accepted', 'wrong_adv', 'wrong_adv_clean',
-        'asked_adv', 'wrong_clean', 'asked_clean', 'broken_acc', 'broken_rej', 'wrong_intact', 'asked_intact',
+        'asked_adv', 'wrong_clean', 'asked_clean', 'broken_acc', 'broken_rej', 'broken_all', 'wrong_intact', 'asked_intact',
         'hard_fresh', 'hard_replayed', 'buffer_kept', *PHASES)
 log = torch.zeros(len(SUMS), device=device)
 
@@ -489,7 +491,8 @@ try:
                 tally(candidates=len(h), accepted=len(keep), rejected=len(rejected))
                 if reader is not None:  # outside the game: did the candidate keep its label? (reader.py)
                     broke = scene_reader.broken(reader, x_tilde.cpu(), qk, ak)
-                    tally(broken_acc=sum(broke[i] for i in keep), broken_rej=sum(broke[i] for i in rejected))
+                    tally(broken_acc=sum(broke[i] for i in keep), broken_rej=sum(broke[i] for i in rejected),
+                          broken_all=sum(broke))  # the filter alone: passed = all - rejected, before H's quantile
                 if step % args.asr_every == 0:  # attack success on accepted candidates next to U's own clean error
                     clean_wrong = wrong(z, q, a)                    # on the batch, and on the accepted ones' originals
                     adv_wrong = wrong(z_tilde[keep], [qk[i] for i in keep], [ak[i] for i in keep])
@@ -563,6 +566,8 @@ try:
                        accepted=ratio('accepted', 'candidates'), filter_reject=ratio('rejected', 'candidates'),
                        broken_accepted=ratio('broken_acc', 'accepted') if reader is not None else None,
                        broken_rejected=ratio('broken_rej', 'rejected') if reader is not None else None,
+                       broken_passed=(t['broken_all'] - t['broken_rej']) / (t['candidates'] - t['rejected'])
+                       if reader is not None and t['candidates'] > t['rejected'] else None,
                        asr_intact=ratio('wrong_intact', 'asked_intact') if reader is not None else None,
                        hard_fresh=ratio('hard_fresh', 'steps'), hard_replayed=ratio('hard_replayed', 'steps'),
                        buffer_kept=ratio('buffer_kept', 'steps') if buffer is not None else 0,

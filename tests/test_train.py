@@ -100,8 +100,8 @@ def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
     assert [r['step'] for r in rows] == [0, 2, 4, 5]
     for r in rows:
         assert 0 <= r['eps'] <= 0.05 and 0 <= r['buffer_kept'] <= 50 and r['L_C'] is not None
-        for k in ('asr', 'clean_error', 'accepted', 'filter_reject', 'broken_accepted'):  # the mechanism, next to
-            assert 0 <= r[k] <= 1, k                                                        # U's own error
+        for k in ('asr', 'clean_error', 'accepted', 'filter_reject', 'broken_accepted', 'broken_passed'):
+            assert 0 <= r[k] <= 1, k  # the mechanism, next to U's own error
         assert r['broken_rejected'] is None  # nothing rejected at --min-sim=-1e9; the reader judged every candidate
         assert r['asr_intact'] is None or 0 <= r['asr_intact'] <= 1
         phases = r['phase_time']  # where the step's time went: every phase of the game did work
