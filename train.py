@@ -217,7 +217,7 @@ else:
 master = rank == 0
 ptdtype = getattr(torch, args.dtype)
 ctx = torch.autocast(device.split(':')[0], dtype=ptdtype, enabled=args.dtype != 'float32')
-scaler = torch.amp.GradScaler(enabled=args.dtype == 'float16')  # only fp16 needs loss scaling
+scaler = torch.amp.GradScaler(str(device).split(':')[0], enabled=args.dtype == 'float16')  # only fp16 scales losses
 if master:
     print(f"{json.dumps(vars(args))}\nautocast: {args.dtype} on {device}, world size {world_size}")
 timings = {}
@@ -341,17 +341,23 @@ def step_(optimizer, loss, params, max_norm=0.0):
         scaler.unscale_(optimizer)  # clip the true gradient, not the loss-scaled one (a no-op without float16)
         torch.nn.utils.clip_grad_norm_([q for q in params if q.grad is not None], max_norm)  # float32 params, grads
     scaler.step(optimizer)
+    scaler.update()  # after every step: C may step twice per U step (--updates 2:1), and a skipped step has none
 
 
 def save_checkpoint(step):
-    """Trainable weights, C, optimizers, scaler, step, config on rank 0; buffer and RNG per rank. Atomic writes."""
+    """Trainable weights, C, optimizers, scaler, step, config on rank 0 (ckpt.pt); buffer and RNG per rank
+    (rank<r>.pt). A pair is committed in three moves, so a crash anywhere leaves one pair to resume from: each rank
+    writes rank<r>.next.pt, then rank 0 replaces ckpt.pt (the commit: it names the step), then each rank renames its
+    .next file over rank<r>.pt. Every file is written whole to .tmp, then renamed."""
     def atomic(obj, path):
         torch.save(obj, path + '.tmp')
         os.replace(path + '.tmp', path)
     digest = hashlib.sha256(b''.join(q.detach().cpu().numpy().tobytes() for q in u_params + c_params)).hexdigest()
+    cuda_rng = torch.cuda.get_rng_state(device) if str(device).startswith('cuda') else None
+    mine = os.path.join(args.out_dir, f'rank{rank}')
     atomic(dict(step=step, buffer=buffer.state_dict() if buffer is not None else None, rng=torch.get_rng_state(),
-                buffer_rng=buffer_rng.get_state(), weights_sha256=digest),  # the digest: ranks must agree
-           os.path.join(args.out_dir, f'rank{rank}.pt'))
+                cuda_rng=cuda_rng, buffer_rng=buffer_rng.get_state(), weights_sha256=digest),  # ranks must agree
+           mine + '.next.pt')
     if ddp:
         dist.barrier()
     if master:
@@ -359,28 +365,47 @@ def save_checkpoint(step):
         atomic(dict(step=step, backbone=args.backbone, config=vars(args), trainable=trainable, perturber=C.state_dict(),
                     opt_u=opt_u.state_dict(), opt_c=opt_c.state_dict(), scaler=scaler.state_dict()),
                os.path.join(args.out_dir, 'ckpt.pt'))
+    if ddp:
+        dist.barrier()
+    os.replace(mine + '.next.pt', mine + '.pt')
+
+
+def load_state(path, flag):
+    """torch.load of a checkpoint file, or one clear error naming it (truncated, foreign, unreadable)."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, pickle errors... for a damaged file
+        fail(flag, f"cannot read {path} ({type(e).__name__}: {str(e)[:120]}); it is truncated or not a train.py "
+                   f"checkpoint: start a new run in another --out_dir, or rerun without --resume")
 
 
 start_step = 0
 if args.resume:
     path = os.path.join(args.out_dir, 'ckpt.pt')
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = load_state(path, '--resume')
+    if not isinstance(ckpt, dict) or not {'step', 'backbone', 'trainable'} <= ckpt.keys():
+        fail('--resume', f"{path} is not a train.py checkpoint (no step, backbone and trainable weights in it)")
     if ckpt['backbone'] != args.backbone:
         fail('--resume', f"{path} is a {ckpt['backbone']} checkpoint, not {args.backbone}")
     missing = set(ckpt['trainable']) ^ {n for n, q in umm.named_parameters() if q.requires_grad}
     if missing:
         fail('--resume', f"{path} does not match this model's trainable weights (e.g. {sorted(missing)[:3]})")
+    # this rank's half of the pair: rank<r>.pt, or rank<r>.next.pt if a save stopped after its commit (ckpt.pt)
+    pair = [f for f in (f'rank{rank}.next.pt', f'rank{rank}.pt') if os.path.isfile(os.path.join(args.out_dir, f))]
+    mine = next((m for m in (load_state(os.path.join(args.out_dir, f), '--resume') for f in pair)
+                 if m['step'] == ckpt['step']), None)
+    if mine is None:
+        fail('--resume', f"no rank{rank}.pt in {args.out_dir} from step {ckpt['step']}, the step of ckpt.pt")
     umm.load_state_dict(ckpt['trainable'], strict=False)
     C.load_state_dict(ckpt['perturber'])
     opt_u.load_state_dict(ckpt['opt_u'])
     opt_c.load_state_dict(ckpt['opt_c'])
     scaler.load_state_dict(ckpt['scaler'])
-    mine = torch.load(os.path.join(args.out_dir, f'rank{rank}.pt'), map_location='cpu', weights_only=True)
-    if mine['step'] != ckpt['step']:
-        fail('--resume', f"rank{rank}.pt is from step {mine['step']} but ckpt.pt from step {ckpt['step']}")
     if buffer is not None and mine['buffer'] is not None:
         buffer.load_state_dict(mine['buffer'])
     torch.set_rng_state(mine['rng'])
+    if mine.get('cuda_rng') is not None and str(device).startswith('cuda'):
+        torch.cuda.set_rng_state(mine['cuda_rng'], device)
     buffer_rng.set_state(mine['buffer_rng'])
     start_step = ckpt['step']
     if master:
@@ -547,7 +572,6 @@ try:
                 buffer.push(x_tilde[keep].float(), fresh[1], fresh[2], h[keep], step, qtypes=[tk[i] for i in keep],
                             ce=ce_k[keep], originals=xk[keep] if args.space == 'decoded' else None)
             tally(buffer_kept=len(buffer))
-        scaler.update()
         t_end.append(time.time())
         tally(L_U=l_u.detach().float().nan_to_num(), steps=1)
         log[SUMS.index(PHASES[0]):] += torch.tensor([b - a for a, b in zip([t_step] + t_end, t_end)], device=device)

@@ -4,6 +4,7 @@ Run: python -m pytest -q tests/test_train.py   (about two minutes on 2 cores: it
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -197,11 +198,26 @@ def test_k_candidates_per_sample_are_mined(base, tmp_path):
 
 def test_sft_and_bf16_runs(base, tmp_path):
     run('--init', base, '--out_dir', str(tmp_path / 'sft'), '--mode', 'sft', '--steps', '3', *FAST)
-    last = metrics(str(tmp_path / 'sft'))[-1]
-    assert last['L_C'] is None  # no game in SFT: no time billed to challenge or mining
-    assert last['phase_time']['challenge'] + last['phase_time']['mine'] < 0.1 * last['phase_time']['understand']
     run('--init', base, '--out_dir', str(tmp_path / 'bf16'), '--steps', '3', '--dtype', 'bfloat16', *FAST)
-    assert all(v is None or v == v for v in metrics(str(tmp_path / 'bf16'))[-1].values())  # no NaN
+    sft, game = metrics(str(tmp_path / 'sft'))[-1], metrics(str(tmp_path / 'bf16'))[-1]
+    assert all(v is None or v == v for v in game.values())  # no NaN
+    assert sft['L_C'] is None  # no game in SFT: next to a UniGame step, nothing billed to challenge or mining
+    game_time = lambda m: m['phase_time']['challenge'] + m['phase_time']['mine']  # noqa: E731
+    assert game_time(sft) < 0.1 * game_time(game)
+
+
+def test_float16_loss_scaling_with_two_c_steps_and_a_skipped_u_step(base, tmp_path):
+    """float16 autocast scales losses (a GradScaler on the run's own device, here the CPU): two C steps per U step
+    (--updates 2:1) and a skipped U step each used to break it (step() twice before update(); update() with no
+    step). Both now run; a diverging run still stops with the non-finite message, not an AssertionError."""
+    out = str(tmp_path / 'fp16')
+    run('--init', base, '--out_dir', out, '--steps', '3', '--dtype', 'float16', '--updates', '2:1', *FAST)
+    assert metrics(out)[-1]['L_C'] is not None
+    scale = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['scaler']['scale']
+    assert 0 < scale <= 2.0 ** 16  # the scaler ran (its state is saved) and did not blow up
+    r = run('--init', base, '--out_dir', str(tmp_path / 'skip'), '--mode', 'sft', '--steps', '6', '--dtype', 'float16',
+            '--und-lr', '1e30', *FAST, ok=False)
+    assert 'non-finite' in r.stdout + r.stderr and 'AssertionError' not in r.stderr
 
 
 def test_per_role_gradient_clipping_binds(base, tmp_path):
@@ -240,6 +256,42 @@ def test_resume_continues_exactly(base, tmp_path):
     wb = torch.load(os.path.join(b, 'ckpt.pt'), weights_only=True)
     for k in wa['trainable']:
         assert torch.equal(wa['trainable'][k], wb['trainable'][k]), k
+
+
+def test_a_save_stopped_at_any_point_leaves_a_pair_to_resume_from(base, tmp_path):
+    """A save writes rank0.next.pt, commits ckpt.pt, then renames rank0.next.pt over rank0.pt. A run stopped at step
+    4 whose save at step 8 died after the first move, or after the second, resumes to the same weights as one that
+    never stopped. The step-8 files come from an uninterrupted run (the runs are deterministic)."""
+    ref, snap, b = str(tmp_path / 'ref'), str(tmp_path / 'ref8'), str(tmp_path / 'b')
+    run('--init', base, '--out_dir', ref, '--steps', '8', '--save-every', '4', *FAST)
+    shutil.copytree(ref, snap)                                      # ckpt.pt + rank0.pt of step 8
+    run('--init', base, '--out_dir', ref, '--steps', '12', '--resume', *FAST)
+    run('--init', base, '--out_dir', b, '--steps', '4', *FAST)     # ckpt.pt + rank0.pt of step 4
+    died = {'before the commit': ['rank0.pt'], 'after the commit': ['rank0.pt', 'ckpt.pt']}
+    want = torch.load(os.path.join(ref, 'ckpt.pt'), weights_only=True)['trainable']
+    for name, written in died.items():
+        out = str(tmp_path / name.replace(' ', '_'))
+        shutil.copytree(b, out)
+        shutil.copy(os.path.join(snap, 'rank0.pt'), os.path.join(out, 'rank0.next.pt'))
+        if 'ckpt.pt' in written:
+            shutil.copy(os.path.join(snap, 'ckpt.pt'), os.path.join(out, 'ckpt.pt'))
+        open(os.path.join(out, 'ckpt.pt.tmp'), 'wb').write(b'half a file')    # a write that died midway
+        r = run('--init', base, '--out_dir', out, '--steps', '12', '--resume', *FAST)
+        assert f"at step {8 if 'ckpt.pt' in written else 4}" in r.stdout, name
+        got = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['trainable']
+        for k in want:
+            assert torch.equal(want[k], got[k]), (name, k)
+        assert not os.path.exists(os.path.join(out, 'rank0.next.pt')), name
+
+
+def test_resume_from_a_truncated_checkpoint_fails_naming_it(base, tmp_path):
+    out = str(tmp_path / 'cut')
+    run('--init', base, '--out_dir', out, '--steps', '2', *FAST)
+    path = os.path.join(out, 'ckpt.pt')
+    raw = open(path, 'rb').read()
+    open(path, 'wb').write(raw[:len(raw) // 2])
+    r = run('--init', base, '--out_dir', out, '--steps', '4', '--resume', *FAST, ok=False)
+    assert '--resume' in r.stderr and 'ckpt.pt' in r.stderr and 'Traceback' not in r.stderr
 
 
 def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
