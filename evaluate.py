@@ -256,7 +256,8 @@ def load_checkpoint(path):
             config = json.load(f)
         base = config.get('init') or None
         umm = model.load_backbone(config['backbone'], init=base, decoder=config.get('decoder', 'vae'))
-        umm.add_lora(r=config['lora_r'], alpha=config['lora_alpha'], dropout=config['lora_dropout'])
+        targets = model.lora_targets(config.get('lora_targets', ','.join(model.LORA_TARGETS)))
+        umm.add_lora(r=config['lora_r'], alpha=config['lora_alpha'], dropout=config['lora_dropout'], targets=targets)
         umm.load_trainable(os.path.join(path, 'adapter'))
     judges = [p for p in (os.path.join(path, 'judge.pt'), base and os.path.join(base, 'judge.pt')) if p]
     judge = next((Judge.load(p) for p in judges if os.path.isfile(p)), None)

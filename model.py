@@ -34,6 +34,14 @@ LORA_TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj')
 LORA_DEFAULTS = dict(r=16, alpha=32, dropout=0.05)
 
 
+def lora_targets(text):
+    """'q_proj,k_proj' -> ('q_proj', 'k_proj'): the --lora-targets flag (and a run's config) as peft's target list."""
+    names = tuple(t.strip() for t in text.split(',') if t.strip())
+    if not names:
+        raise ValueError(f"no module names in {text!r}")
+    return names
+
+
 class UMM(nn.Module):
     """The interface (see the module docstring); shapes are in the comments. Subclasses implement every method but the
     LoRA three at the end, which read `self.lm`."""

@@ -59,6 +59,9 @@ p.add_argument('--gen-temperature', type=float, default=None,
 p.add_argument('--lora-r', type=int, default=model.LORA_DEFAULTS['r'], help='LoRA rank (the paper gives none)')
 p.add_argument('--lora-alpha', type=float, default=model.LORA_DEFAULTS['alpha'], help='LoRA alpha')
 p.add_argument('--lora-dropout', type=float, default=model.LORA_DEFAULTS['dropout'], help='LoRA dropout')
+p.add_argument('--lora-targets', default=','.join(model.LORA_TARGETS),
+               help="comma-separated module names in the LM that get LoRA (the paper names none; e.g. add "
+                    "gate_proj,up_proj,down_proj for the MLPs)")
 # perturber
 p.add_argument('--eps', type=float, default=0.02,
                help="eps_max: the per-token L2 norm of delta relative to the RMS token norm of the tokens it perturbs, "
@@ -241,7 +244,14 @@ try:
                               decoder=args.decoder, gen_temperature=args.gen_temperature).to(device)
 except toy_umm.BaseError as e:  # a missing, truncated or foreign base.pt: one line naming the file and the fix
     fail('--init', str(e).removeprefix('--init '))
-umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout).train()
+try:
+    targets = model.lora_targets(args.lora_targets)
+except ValueError as e:
+    fail('--lora-targets', str(e))
+unknown = set(targets) - {name.split('.')[-1] for name, _ in umm.lm.named_modules()}
+if unknown:  # peft would skip a name that matches nothing as long as another one matches
+    fail('--lora-targets', f"no module of the LM is named {', '.join(sorted(unknown))}")
+umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets).train()
 C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
 unigame = args.mode == 'unigame'
 judge = None

@@ -243,6 +243,20 @@ def test_diffusion_decoder_runs_the_game(base, tmp_path):
     assert metrics(out)[-1]['buffer_kept'] > 0 and 'UNet' in r.stdout  # load_base names the new parts
 
 
+def test_lora_targets_place_the_adapter_and_the_suite_reloads_it(base, tmp_path):
+    """--lora-targets gate_proj puts LoRA on the LM's MLP gate only; evaluate.load_checkpoint rebuilds the same
+    placement from config.json and loads the run's adapter into it."""
+    import evaluate
+    out = str(tmp_path / 'mlp')
+    run('--init', base, '--out_dir', out, '--steps', '2', '--mode', 'sft', '--lora-targets', 'gate_proj', *FAST)
+    saved = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['trainable']
+    assert saved and all('gate_proj' in k for k in saved)
+    umm, _ = evaluate.load_checkpoint(out)
+    loaded = {n: q for n, q in umm.named_parameters() if 'lora_' in n}
+    assert len(loaded) == len(saved)
+    assert any(q.abs().max() > 0 for n, q in loaded.items() if 'lora_B' in n)  # the run's weights, not peft's zeros
+
+
 def test_resume_continues_exactly(base, tmp_path):
     a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
     run('--init', base, '--out_dir', a, '--steps', '8', *FAST)
@@ -309,6 +323,7 @@ def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     (['--hard-quantile', '1.5'], '--hard-quantile'), (['--space', 'token', '--filter', 'clip'], '--filter'),
     (['--backbone', 'tiny-janus', '--init', 'no/such/dir', '--steps', '1'], '--judge'),
     (['--candidates', '2'], '--candidates'), (['--candidates', '0'], '--candidates'),
+    (['--lora-targets', 'q_proj,nope_proj'], '--lora-targets'), (['--lora-targets', ','], '--lora-targets'),
     (['--clip-grad-u', '-1'], '--clip-grad-u'), (['--asr-every', '0'], '--asr-every'),
     (['--resume', '--out_dir', 'no/such/run'], '--resume'), (['--reader', 'no/such/reader.pt'], '--reader'),
     (['--backbone', 'tiny-janus', '--filter', 'none', '--reader', 'weights/tiny-toy/reader.pt'], '--reader'),
