@@ -11,6 +11,8 @@ A unified multimodal model (UMM) is, for UniGame, five things around one shared 
                                                        delta is added where the generation branch reads the tokens
                                                        and returned (float32) for Eq. 7's penalty, else delta is None
     generate(prompts)             -> images            text-to-image (consistency, GenEval, WISE)
+    t2i_loss(prompts, images)     -> (B,)              the generation branch's loss of drawing images from prompts
+                                                       (CC3M pairs: text-image supervision, Appendix B.1)
     caption(images)               -> list[str]
 
 plus `understanding_parameters()` (what post-training updates: the LoRA adapters) and `save_trainable(dir)` /
@@ -62,6 +64,9 @@ class UMM(nn.Module):
         raise NotImplementedError
 
     def generate(self, prompts):                        # -> (B, 3, s, s) in [0, 1]
+        raise NotImplementedError
+
+    def t2i_loss(self, prompts, images):                # -> (B,) float32
         raise NotImplementedError
 
     def caption(self, images, max_new_tokens=48):       # -> list[str]
@@ -361,6 +366,14 @@ class JanusUMM(UMM):
     def generate(self, prompts):
         with torch.no_grad():
             return self.render(self.t2i_codes(prompts)[0])
+
+    def t2i_loss(self, prompts, images):
+        """Text-image supervision for the generation branch (the CC3M pairs): the CE of x's VQ codes, each predicted
+        from the caption and the codes before it, in one teacher-forced pass. (B,) float32."""
+        with torch.no_grad():
+            codes = self.image_codes(images)                                                   # (B, N)
+        logits = self.gen_logits(self.gen_states(codes, prompts))                              # (B, N, V)
+        return F.cross_entropy(logits.transpose(1, 2), codes, reduction='none').mean(1)
 
     # ---- post-training: LoRA on the LLM; SigLIP, aligners, VQ and the generation head frozen ----------------
 

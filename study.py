@@ -1,16 +1,23 @@
 """
 The reproduction study on CPU: does UniGame beat SFT on the toy, and does Table 4's ordering hold?
 
-From one tiny-toy base, every run is `train.py` with the same steps, data order, batch and und_lr; only the game
-differs. Beside SFT and UniGame, two positive controls with the same LoRA budget (train.py --mode pgd: U learns from
-pixel-PGD images, Madry et al.; --mode augment: from a generic augmentation): unless pgd beats sft on PGD accuracy by
-more than the paired 95% interval, the testbed cannot resolve an effect and the study says so. Each trained model is scored once on the test split by evaluate.py's toy suite. Its settings must be chosen
-on val, never on this table: und_lr 2e-4 was (for the earlier composition); eps, lam and min-sim are train.py's
-defaults until they are chosen again for the paper's composition (README, "Not done").
+From one tiny-toy base, every run is `train.py` with the same steps, data order, batch, und_lr and LoRA placement;
+only the game differs. Beside SFT and UniGame, two positive controls with the same LoRA budget (train.py --mode pgd: U
+learns from pixel-PGD images, Madry et al.; --mode augment: from a generic augmentation): unless pgd beats sft on PGD
+accuracy by more than the paired 95% interval, the testbed cannot resolve an effect and the study says so. Each
+trained model is scored once by evaluate.py's toy suite, on test. Settings are chosen on val (--split val, its own
+out_dir), never on the test table: und_lr 2e-4, LoRA on the LM's attention and MLPs and PGD at 4/255 are the
+testbed in which the PGD control resolved on val (README, docs/study.md); the replay policy was chosen on val too.
 
     python study.py                                    # 5 seeds SFT, UniGame, PGD, augment + Table 4 (3 seeds) + cost
+    python study.py --split val --rows full,full_keep,full_consume --seeds 2 --out_dir out/select_replay
+                                                       # a choice on val: these rows only, 2 seeds each
     python study.py --seeds 1 --ablation-seeds 0 --steps 20 --size 200 --subset 100 --groups 100 \\
         --out_dir out/study_quick                      # a quick check of the plumbing (about 3 min)
+
+--jobs 2 (the default on 2 cores) trains and scores two runs at once, one thread each: these small models use a
+second thread poorly, so two runs side by side finish sooner than one after the other; step times in the cost table
+are then one thread's.
 
 Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
 score.json) and an interrupted run resumes from its checkpoint. Results: OUT_DIR/study.json and OUT_DIR/study.md.
@@ -19,10 +26,12 @@ score.json) and an interrupted run resumes from its checkpoint. Results: OUT_DIR
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent import futures
 
 import torch
 
@@ -31,19 +40,21 @@ import evaluate
 import toy_umm
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-# Table 4 on the toy, top to bottom (the README maps them to the paper's rows), then full_keep: the full game with B as
-# a store of the hardest candidates ever, replayed until harder ones push them out (train.py --buffer-policy keep)
+TOKEN = ['--space', 'token', '--attack', 'token']  # Table 4's embedding rows: C learns and acts on z + delta itself
+# Table 4 on the toy, top to bottom (the README maps them to the paper's rows); the decoded rows train C by Eq. 7
+# (train.py's default --attack decoded); then what replay does to an entry of B (--buffer-policy, chosen on val)
 ROWS = {
     'sft': ['--mode', 'sft'],
-    'noise_token': ['--perturb', 'random', '--space', 'token', '--filter', 'none', '--buffer-size', '0'],
-    'adv_token': ['--space', 'token', '--filter', 'none', '--buffer-size', '0'],
-    'adv_token_cos': ['--space', 'token', '--filter', 'cosine', '--buffer-size', '0'],
-    'adv_token_cos_buf': ['--space', 'token', '--filter', 'cosine'],
+    'noise_token': ['--perturb', 'random', *TOKEN, '--filter', 'none', '--buffer-size', '0'],
+    'adv_token': [*TOKEN, '--filter', 'none', '--buffer-size', '0'],
+    'adv_token_cos': [*TOKEN, '--filter', 'cosine', '--buffer-size', '0'],
+    'adv_token_cos_buf': [*TOKEN, '--filter', 'cosine'],
     'decoded': ['--filter', 'none', '--buffer-size', '0'],
     'decoded_cos': ['--filter', 'cosine', '--buffer-size', '0'],
     'decoded_clip': ['--filter', 'clip', '--buffer-size', '0'],
-    'full': ['--filter', 'clip'],
-    'full_keep': ['--filter', 'clip', '--buffer-policy', 'keep'],  # B as a store of the hardest ever, replayed
+    'full': ['--filter', 'clip'],                                     # the game at train.py's defaults
+    'full_keep': ['--filter', 'clip', '--buffer-policy', 'keep'],     # B as a store of the hardest ever
+    'full_consume': ['--filter', 'clip', '--buffer-policy', 'consume'],  # an entry is replayed once
 }
 # the positive controls, same LoRA, data, steps and beta: U learns from pixel-PGD images (Madry) or from a generic
 # augmentation (data.augment) instead of UniGame's candidates. The testbed can resolve an effect only if pgd beats sft
@@ -56,36 +67,56 @@ METRICS = {'clean': 'clean all', **{s: f'shift {s}' for s in data.SHIFTS}, 'G-Ac
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t_{0.975, df}
 
 
+class RunFailed(RuntimeError):
+    pass
+
+
 def atomic_json(obj, path):
     with open(path + '.tmp', 'w') as f:
         json.dump(obj, f, indent=1)
     os.replace(path + '.tmp', path)
 
 
-def train(run_dir, flags):
+def train(run_dir, flags, threads):
     """One train.py run, unless it already finished (final.json); an interrupted one resumes from its checkpoint."""
     if os.path.isfile(os.path.join(run_dir, 'final.json')):
         return
     resume = ['--resume'] if os.path.isfile(os.path.join(run_dir, 'ckpt.pt')) else []
     os.makedirs(run_dir, exist_ok=True)
+    env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     with open(os.path.join(run_dir, 'train.log'), 'w') as out:
         r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir', run_dir, *flags, *resume],
-                           stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                           stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     if r.returncode != 0:
-        raise SystemExit(f"study.py: {run_dir} failed (exit {r.returncode}); see {run_dir}/train.log")
+        raise RunFailed(f"{run_dir} failed (exit {r.returncode}); see {run_dir}/train.log")
 
 
-def score(ckpt, sets, few, path):
-    """The toy suite on one checkpoint, once: the flat scores are cached in `path`."""
+_SETS = {}  # the suite's data, built once per process
+
+
+def score(ckpt, suite, attack, path):
+    """The toy suite (split, size, subset, groups) on one checkpoint, once: the flat scores are cached in `path`."""
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)
+    if suite not in _SETS:
+        _SETS[suite] = evaluate.suite_sets(*suite)
+    sets, few = _SETS[suite]
     umm, judge = evaluate.load_checkpoint(ckpt)
-    result = evaluate.evaluate_model(umm, judge, sets, few, dict(eps=8 / 255, steps=10, step_size=2 / 255))
+    result = evaluate.evaluate_model(umm, judge, sets, few, attack)
     flat = {**evaluate.flatten({k: v for k, v in result.items() if k != 'seconds'}), 'seconds': result['seconds']}
     flat['shift mean'] = sum(flat[f'shift {s}'] for s in data.SHIFTS) / len(data.SHIFTS)
     atomic_json(flat, path)
     return flat
+
+
+def train_and_score(run_dir, flags, suite, attack, threads, path):
+    """One task of the study in a worker process of `threads` threads: train run_dir with `flags` (None: a base, not
+    trained) unless it finished, then score it into `path` unless it was scored."""
+    torch.set_num_threads(threads)
+    if flags is not None:
+        train(run_dir, flags, threads)
+    return score(run_dir, suite, attack, path)
 
 
 def mean_std(values):
@@ -106,14 +137,19 @@ def cell(m, s, scale=100):
 
 
 def markdown(scores, base, names, seeds, metrics):
-    """One row per run name (mean ± std over `seeds`, in points) with the base as the first row."""
+    """One row per run name (mean ± std over its first `seeds` seeds, in points) with the base as the first row."""
     head = '| run | seeds | ' + ' | '.join(metrics) + ' |\n|---|---|' + '---|' * len(metrics) + '\n'
     rows = [f"| base | - | " + ' | '.join(f"{100 * base[metrics[k]]:.1f}" for k in metrics) + ' |']
     for n in names:
-        per = [scores[n][s] for s in range(seeds)]
-        rows.append(f"| {n} | {seeds} | " + ' | '.join(cell(*mean_std([p[metrics[k]] for p in per])) for k in metrics)
-                    + ' |')
+        per = scores[n][:seeds]
+        rows.append(f"| {n} | {len(per)} | " + ' | '.join(cell(*mean_std([p[metrics[k]] for p in per]))
+                                                          for k in metrics) + ' |')
     return head + '\n'.join(rows) + '\n'
+
+
+def diff_row(label, seeds, diff):
+    return f'| {label} (95% CI) | {seeds} | ' + ' | '.join(
+        f"{100 * m:+.1f}" + ('' if math.isnan(h) else f" ± {100 * h:.1f}") for m, h in diff.values()) + ' |\n'
 
 
 def main():
@@ -122,26 +158,48 @@ def main():
     p.add_argument('--out_dir', '--out-dir', default='out/study', help='where runs, scores and tables go')
     p.add_argument('--seeds', type=int, default=5, help='seeds of SFT vs UniGame (full) and the two controls')
     p.add_argument('--ablation-seeds', type=int, default=3, help="seeds of each Table 4 row (0: skip Table 4)")
-    # the post-training budget and the settings chosen on val; the same for every run
+    p.add_argument('--rows', default=None,
+                   help=f"comma list of rows to run, each over --seeds (default: all; names: "
+                        f"{', '.join([*ROWS, *CONTROLS])})")
+    # the post-training budget and the testbed chosen on val; the same for every run
     p.add_argument('--steps', type=int, default=300, help='post-training steps of every run')
     p.add_argument('--und-lr', type=float, default=2e-4, help="U's LoRA learning rate, the same for every run")
-    # eps, lam and min-sim follow train.py's defaults (relative eps, calibrated filter) until they are chosen again
-    # on val for the paper's composition; the earlier study's eps 1 / lam 0.2 / min-sim 0.83 were on the old scales
+    p.add_argument('--lora-targets', default='q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj',
+                   help="U's LoRA placement for every run (train.py --lora-targets): the LM's attention and MLPs, "
+                        "with which the PGD control resolved on val (attention alone: it did not)")
+    p.add_argument('--pgd-eps', type=float, default=4.0,
+                   help='L-inf radius in 1/255 units of the pgd control (train.py --pgd-eps) and of the suite\'s '
+                        'PGD accuracy (10 steps of eps/4)')
     p.add_argument('--eps', type=float, default=0.02, help="eps_max of C, relative to the RMS token norm")
     p.add_argument('--lam', type=float, default=1.0, help="Eq. 7's lambda on ||delta||^2 (relative units)")
     p.add_argument('--min-sim', type=float, default=0.6,
-                   help="the semantic filter's threshold on the calibrated scale (0: another scene, 1: G(z)'s own)")
+                   help="the semantic filter's threshold on the calibrated scale (0: an edited caption, 1: G(z)'s own)")
     p.add_argument('--extra', default='', help='more train.py flags for every run, e.g. "--dtype bfloat16"')
-    # eval (test split)
-    p.add_argument('--size', type=int, default=2000, help='test questions of the clean set and of each shift')
+    # eval
+    p.add_argument('--split', default='test', choices=['val', 'test'],
+                   help='where every run is scored: val to choose settings (use another --out_dir), test once')
+    p.add_argument('--size', type=int, default=2000, help='questions of the clean set and of each shift')
     p.add_argument('--subset', type=int, default=1000, help='the first N get PGD, re-reading and consistency')
     p.add_argument('--groups', type=int, default=1000, help='NaturalBench-style groups for G-Acc')
+    # system
+    p.add_argument('--jobs', type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                   help='runs trained and scored at once, each with cores/jobs threads (default: 2 on 2+ cores)')
     args = p.parse_args()
-    for flag in ('seeds', 'steps', 'size', 'subset', 'groups'):
+    for flag in ('seeds', 'steps', 'size', 'subset', 'groups', 'jobs'):
         if getattr(args, flag) < 1:
             p.error(f"--{flag}: must be >= 1, got {getattr(args, flag)}")
     if args.ablation_seeds < 0:
         p.error(f"--ablation-seeds: must be >= 0, got {args.ablation_seeds}")
+    every = {**ROWS, **CONTROLS}
+    if args.rows is not None:
+        names = args.rows.split(',')
+        unknown = [n for n in names if n not in every]
+        if unknown or not names:
+            p.error(f"--rows: unknown {', '.join(unknown) or 'empty list'}; valid: {', '.join(every)}")
+        plan = {n: args.seeds for n in names}
+    else:  # the comparison's seeds for sft, full and the controls; the ablation seeds for the other rows
+        plan = {n: max(args.ablation_seeds if n in ROWS else 0, args.seeds if n in COMPARED else 0) for n in every}
+        plan = {n: k for n, k in plan.items() if k > 0}
     os.makedirs(args.out_dir, exist_ok=True)
     t_start = time.time()
     log = lambda msg: print(f"[{(time.time() - t_start) / 60:5.1f} min] {msg}", flush=True)
@@ -151,43 +209,65 @@ def main():
         toy_umm.load_base(toy_umm.build_tiny_toy(), args.init)
     except toy_umm.BaseError as e:
         p.error(str(e))
-    t_base = time.time() - t_start
 
-    # 1. train and score every (row, seed) on test, the base too; the comparison's seeds for sft and full, the ablation
-    # seeds for every row; seed-major, so that an interrupted study has whole seeds rather than whole rows
-    plan = {n: max(args.ablation_seeds if n in ROWS else 0, args.seeds if n in COMPARED else 0)
-            for n in {**ROWS, **CONTROLS}}
-    plan = {n: k for n, k in plan.items() if k > 0}
+    # 1. train and score the base and every (row, seed), seed-major (an interrupted study has whole seeds rather than
+    # whole rows), --jobs at a time, each in its own process with its share of the cores
     common = ['--init', args.init, '--steps', str(args.steps), '--und-lr', str(args.und_lr), '--eps', str(args.eps),
-              '--lam', str(args.lam), '--min-sim', str(args.min_sim), '--val-size', '0', *args.extra.split()]
-    sets, few = evaluate.suite_sets('test', args.size, args.subset, args.groups)
-    base = score(args.init, sets, few, os.path.join(args.out_dir, 'base_score.json'))
-    scores, total = {n: [] for n in plan}, sum(plan.values())
-    for seed in range(max(plan.values())):
-        for n, k in plan.items():
-            if seed < k:
-                run = os.path.join(args.out_dir, n, f'seed{seed}')
-                train(run, [*common, *{**ROWS, **CONTROLS}[n], '--seed', str(seed)])
-                scores[n].append(score(run, sets, few, os.path.join(run, 'score.json')))
-                r = scores[n][-1]
-                log(f"{sum(map(len, scores.values()))}/{total} {run}: clean {r['clean all']:.3f}, "
-                    f"OOD mean {r['shift mean']:.3f}, PGD {r['pgd']:.3f}")
-    t_runs = time.time() - t_start - t_base
+              '--lam', str(args.lam), '--min-sim', str(args.min_sim), '--lora-targets', args.lora_targets,
+              '--pgd-eps', str(args.pgd_eps), '--val-size', '0', *args.extra.split()]
+    suite = (args.split, args.size, args.subset, args.groups)
+    attack = dict(eps=args.pgd_eps / 255, steps=10, step_size=args.pgd_eps / 255 / 4)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    runs = [(n, seed, os.path.join(args.out_dir, n, f'seed{seed}')) for seed in range(max(plan.values()))
+            for n, k in plan.items() if seed < k]
+    tasks = [('base', 0, args.init, None, os.path.join(args.out_dir, 'base_score.json'))] + [
+        (n, seed, run, [*common, *every[n], '--seed', str(seed)], os.path.join(run, 'score.json'))
+        for n, seed, run in runs]
+    results = {}
+    try:
+        with futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+            running = {pool.submit(train_and_score, run, flags, suite, attack, threads, path): (n, seed, run)
+                       for n, seed, run, flags, path in tasks}
+            for done in futures.as_completed(running):
+                n, seed, run = running[done]
+                r = results[n, seed] = done.result()
+                log(f"{len(results)}/{len(tasks)} {run}: clean {r['clean all']:.3f}, OOD mean {r['shift mean']:.3f}, "
+                    f"PGD {r['pgd']:.3f}")
+    except RunFailed as e:
+        raise SystemExit(f"study.py: {e}")
+    base = results.pop(('base', 0))
+    scores = {n: [results[n, s] for s in range(k)] for n, k in plan.items()}
+    t_runs = time.time() - t_start
 
-    # 3. tables: SFT vs UniGame over seeds with paired 95% intervals; Table 4; the cost of each row
+    # 2. tables: SFT vs UniGame and the controls with paired 95% intervals; Table 4; the cost of each row
     metrics = {**METRICS, 'OOD mean': 'shift mean'}
-    main_table = markdown(scores, base, list(COMPARED), args.seeds, metrics)
-    diffs = {n: {k: paired_interval([s[v] for s in scores['sft'][:args.seeds]], [s[v] for s in scores[n][:args.seeds]])
-                 for k, v in metrics.items()} for n in COMPARED[1:]}
-    for n, diff in diffs.items():
-        main_table += f'| {n} − sft (95% CI) | ' + f"{args.seeds} | " + ' | '.join(
-            f"{100 * m:+.1f}" + ('' if math.isnan(h) else f" ± {100 * h:.1f}") for m, h in diff.values()) + ' |\n'
-    m, h = diffs['pgd']['PGD']
-    resolves = m - h > 0  # nan-safe: one seed has no interval and resolves nothing
-    main_table += (f"\nPositive control: pgd − sft on PGD accuracy {100 * m:+.1f} ± {100 * h:.1f} points: the testbed "
-                   + ("resolves an effect of this size.\n" if resolves else
-                      "does NOT resolve it; no verdict on UniGame holds on this testbed.\n"))
-    ablation = markdown(scores, base, list(plan), args.ablation_seeds, metrics) if args.ablation_seeds else ''
+    compared = [n for n in (COMPARED if args.rows is None else plan) if n in plan]
+    seeds = min(plan[n] for n in compared)
+    main_table = markdown(scores, base, compared, seeds, metrics)
+    verdicts, diffs = [], {}
+    if 'sft' in plan:  # item 5's headroom: does SFT itself move the base (paired over seeds: the base is one model)
+        moved = {k: paired_interval([base[v]] * seeds, [s[v] for s in scores['sft'][:seeds]]) for k, v in
+                 metrics.items()}
+        main_table += diff_row('sft − base', seeds, moved)
+        beyond = [k for k, (m, h) in moved.items() if abs(m) > h]  # nan-safe: one seed has no interval
+        verdicts.append(f"Headroom: SFT moves the base beyond the 95% interval over seeds on "
+                        f"{', '.join(beyond) if beyond else 'no metric'}.")
+        diffs = {n: {k: paired_interval([s[v] for s in scores['sft'][:seeds]], [s[v] for s in scores[n][:seeds]])
+                     for k, v in metrics.items()} for n in compared if n != 'sft'}
+        for n, diff in diffs.items():
+            main_table += diff_row(f'{n} − sft', seeds, diff)
+    resolves = None
+    if 'pgd' in diffs:
+        m, h = diffs['pgd']['PGD']
+        resolves = m - h > 0  # nan-safe: one seed has no interval and resolves nothing
+        verdicts.append(f"Positive control: pgd − sft on PGD accuracy {100 * m:+.1f} ± {100 * h:.1f} points: the "
+                        f"testbed " + ("resolves an effect of this size." if resolves else
+                                       "does NOT resolve it; no verdict on UniGame holds on this testbed."))
+    main_table += ''.join(f"\n{v}\n" for v in verdicts)
+    rest = [n for n in plan if n not in compared]
+    ablation = markdown(scores, base, [n for n in plan if n in ROWS], args.ablation_seeds, metrics) \
+        if args.rows is None and args.ablation_seeds else (markdown(scores, base, rest, args.seeds, metrics)
+                                                           if rest else '')
     cost = {}
     for n in plan:
         runs = [os.path.join(args.out_dir, n, f'seed{s}') for s in range(plan[n])]
@@ -195,21 +275,23 @@ def main():
         peaks = [json.load(open(os.path.join(d, 'final.json')))['peak_memory_mb'] for d in runs]
         cost[n] = dict(ms_per_step=1000 * c['step'], ms_per_phase={k: 1000 * v for k, v in c['phases'].items()},
                        peak_memory_mb=max(peaks))
-    phases = list(cost['sft']['ms_per_phase'])  # where the time goes: data + frozen encode, challenge, mine, understand
-    header = ['run', 'ms/step', '× SFT', *(f"{k} ms" for k in phases), 'peak memory (MB)']
+    ref = 'sft' if 'sft' in cost else next(iter(cost))
+    phases = list(cost[ref]['ms_per_phase'])  # where the time goes: data + frozen encode, challenge, mine, understand
+    header = ['run', 'ms/step', f'× {ref}', *(f"{k} ms" for k in phases), 'peak memory (MB)']
     cost_table = '\n'.join('| ' + ' | '.join(row) + ' |' for row in [header, ['---'] * len(header)] + [
-        [n, f"{c['ms_per_step']:.1f}", f"{c['ms_per_step'] / cost['sft']['ms_per_step']:.2f}",
+        [n, f"{c['ms_per_step']:.1f}", f"{c['ms_per_step'] / cost[ref]['ms_per_step']:.2f}",
          *(f"{c['ms_per_phase'].get(k, float('nan')):.1f}" for k in phases), str(c['peak_memory_mb'])]
         for n, c in cost.items()]) + '\n'
     decode_ms = decode_cost(args.init)
-    minutes = dict(base=t_base / 60, runs=t_runs / 60, total=(time.time() - t_start) / 60)
-    text = (f"## SFT vs UniGame (test split, points, mean ± std over {args.seeds} seeds)\n\n{main_table}\n"
-            + (f"## Table 4 on the toy ({args.ablation_seeds} seeds)\n\n{ablation}\n" if ablation else '')
-            + f"## Cost (2 cores unless stated)\n\n{cost_table}\nG(z + delta) decode: {decode_ms:.2f} ms per "
-            f"candidate (batch 32)\n\nwall time: " + ', '.join(f"{k} {v:.1f} min" for k, v in minutes.items()) + '\n')
+    minutes = dict(runs=t_runs / 60, total=(time.time() - t_start) / 60)
+    text = (f"## SFT vs UniGame ({args.split} split, points, mean ± std over {seeds} seeds)\n\n{main_table}\n"
+            + (f"## Table 4 on the toy\n\n{ablation}\n" if ablation else '')
+            + f"## Cost ({args.jobs} run(s) at once, {threads} thread(s) each)\n\n{cost_table}\nG(z + delta) decode: "
+            f"{decode_ms:.2f} ms per candidate (batch 32)\n\nwall time: "
+            + ', '.join(f"{k} {v:.1f} min" for k, v in minutes.items()) + '\n')
     atomic_json(dict(settings=vars(args), base=base, scores=scores, diff_minus_sft=diffs, control_resolves=resolves,
-                     cost=cost,
-                     decode_ms_per_candidate=decode_ms, minutes=minutes), os.path.join(args.out_dir, 'study.json'))
+                     verdicts=verdicts, cost=cost, decode_ms_per_candidate=decode_ms, minutes=minutes),
+                os.path.join(args.out_dir, 'study.json'))
     with open(os.path.join(args.out_dir, 'study.md'), 'w') as f:
         f.write(text)
     print('\n' + text + f"\nwrote {args.out_dir}/study.json and {args.out_dir}/study.md")

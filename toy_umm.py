@@ -287,8 +287,10 @@ class ToyUMM(UMM):
         hidden = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         return self.t2i_head(hidden[:, L:])  # (B, N, H)
 
-    def t2i_loss(self, prompts, z):
-        """The T2I token loss: MSE between predicted tokens z^ and z = Enc(x) of the captioned image. (B,) float32."""
+    def t2i_loss(self, prompts, images, z=None):
+        """The T2I token loss: MSE between predicted tokens z^ and z = Enc(x) of the captioned image (pass z if it is
+        at hand). (B,) float32."""
+        z = self.encode(images) if z is None else z
         return (self.predict_tokens(prompts).float() - z.detach().float()).pow(2).flatten(1).mean(1)
 
     def generate(self, prompts):
@@ -492,7 +494,7 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
             by_col = [data.caption(train_set.scenes[i], by='col') for i in idx]
             l_und, l_cap = (l.mean() for l in umm.questions_and_caption_loss(z, asked, b['captions'], by_col))  # Eq. 1
             l_gen = umm.reconstruction_loss(x[:gen_batch], z[:gen_batch]).mean()         # Eq. 2
-            l_t2i = umm.t2i_loss(b['captions'][:gen_batch], z[:gen_batch]).mean()
+            l_t2i = umm.t2i_loss(b['captions'][:gen_batch], None, z=z[:gen_batch]).mean()
             loss = l_und + caption_weight * l_cap + lambda_gen * l_gen + t2i_weight * l_t2i
         opt.zero_grad(set_to_none=True)
         loss.backward()

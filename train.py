@@ -31,6 +31,7 @@ import data
 import evaluate
 import model
 import reader as scene_reader
+import realdata
 import scorers
 import toy_umm
 from buffer import HardBuffer, Judge, calibrate, hardness, select_hard
@@ -55,6 +56,18 @@ p.add_argument('--decoder', default='vae', choices=['vae', 'diffusion'],
                     "adapter(z) by cross-attention; never trained here, so shape-tested only)")
 p.add_argument('--gen-temperature', type=float, default=None,
                help='Janus image-code sampling temperature; 0 = argmax (default: 0 for regen, 1 for t2i)')
+# data
+p.add_argument('--data', default='shapes', choices=['shapes', 'vqav2'],
+               help="training data: shapes (the synthetic world, the tiny backbones' default) or vqav2 (the paper's, "
+                    "from the official files: --questions, --annotations, --images; realdata.py)")
+p.add_argument('--questions', default=None, help='--data vqav2: the official questions JSON, e.g. '
+                                                 'v2_OpenEnded_mscoco_train2014_questions.json')
+p.add_argument('--annotations', default=None, help='--data vqav2: the official annotations JSON (10 answers each)')
+p.add_argument('--images', default=None, help='--data vqav2: the COCO folder (COCO_train2014_<12-digit id>.jpg)')
+p.add_argument('--captions', default=None,
+               help="CC3M-style image/caption pairs (TSV caption<TAB>image or JSON lines {image, caption}): a T2I "
+                    "loss on the generation branch beside U's (Appendix B.1); default: none")
+p.add_argument('--t2i-weight', type=float, default=1.0, help="weight of the --captions T2I loss in U's step")
 # LoRA
 p.add_argument('--lora-r', type=int, default=model.LORA_DEFAULTS['r'], help='LoRA rank (the paper gives none)')
 p.add_argument('--lora-alpha', type=float, default=model.LORA_DEFAULTS['alpha'], help='LoRA alpha')
@@ -99,10 +112,10 @@ p.add_argument('--clip-tau', type=float, default=0.6,
                help="hinge threshold tau, calibrated scale: H = CE - lam_clip*max(0, tau - s) (never adds hardness)")
 p.add_argument('--clip-lambda', type=float, default=1.0, help='weight of the hinge in H')
 p.add_argument('--calibration', type=int, default=256, help='clean train pairs that set the filter scale at start')
-p.add_argument('--filter-zero', default='edit', choices=['edit', 'scene'],
+p.add_argument('--filter-zero', default=None, choices=['edit', 'scene'],
                help="what the calibrated 0 is for --filter clip: the judge's score of G(z) with its caption edited by "
-                    "one shape or colour word (edit: a label-breaking change) or with another scene's caption (scene); "
-                    "--filter cosine always uses another scene")
+                    "one shape or colour word (edit: a label-breaking change; the default on shapes) or with another "
+                    "scene's caption (scene: the default on vqav2); --filter cosine always uses another scene")
 p.add_argument('--hard-quantile', type=float, default=0.6, help='keep H >= this quantile of the batch (paper: 0.6)')
 p.add_argument('--beta', type=float, default=0.5, help='weight of the buffer term in L_U, Eq. 6 (paper: 0.5)')
 p.add_argument('--replay', type=int, default=16,
@@ -133,7 +146,9 @@ p.add_argument('--reader', default=None,
                     "as broken_accepted / broken_rejected (default on tiny-toy: weights/tiny-toy/reader.pt; none: off)")
 p.add_argument('--pgd-eps', type=float, default=8.0, help='--mode pgd: L-inf radius of the attack, in 1/255 units')
 p.add_argument('--pgd-steps', type=int, default=10, help='--mode pgd: signed-gradient steps of eps/4 each')
-p.add_argument('--val-size', type=int, default=1000, help='val questions for the final table (0: skip it)')
+p.add_argument('--val-size', type=int, default=1000,
+               help='val questions for the final table (0: skip it); --data vqav2: the questions of the last images '
+                    'of --questions, held out of training and scored with VQA accuracy at the end')
 # system
 p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
                help='autocast dtype; C, delta, its norm, the losses and optimizer states stay float32')
@@ -150,6 +165,7 @@ def fail(flag, message):
     p.error(f"{flag}: {message}")
 
 
+args.filter_zero = args.filter_zero or ('edit' if args.data == 'shapes' else 'scene')  # edits need shape words
 for flag in ('gen_lr', 'und_lr', 'eps', 'pgd_eps'):
     if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
         fail('--' + flag.replace('_', '-'), f"must be a finite number > 0, got {getattr(args, flag)}")
@@ -157,8 +173,12 @@ for flag in ('steps', 'batch_size', 'train_size', 'candidates', 'mine_every', 'l
              'pretrain_steps', 'lora_r', 'asr_every', 'calibration', 'pgd_steps'):
     if getattr(args, flag) < 1:
         fail('--' + flag.replace('_', '-'), f"must be >= 1, got {getattr(args, flag)}")
-if min(args.buffer_size, args.replay, args.beta, args.lam, args.clip_grad_u, args.clip_grad_c) < 0:
-    fail('--buffer-size/--replay/--beta/--lam/--clip-grad-u/--clip-grad-c', 'must be >= 0')
+if min(args.buffer_size, args.replay, args.beta, args.lam, args.clip_grad_u, args.clip_grad_c, args.val_size,
+       args.t2i_weight) < 0:
+    fail('--buffer-size/--replay/--beta/--lam/--clip-grad-u/--clip-grad-c/--val-size/--t2i-weight', 'must be >= 0')
+for flag in ('questions', 'annotations', 'images'):
+    if getattr(args, flag) and args.data != 'vqav2':
+        fail('--' + flag, f"is read with --data vqav2 only (got --data {args.data})")
 if not 0 < args.hard_quantile < 1:
     fail('--hard-quantile', f"must be in (0, 1), got {args.hard_quantile}")
 try:
@@ -191,15 +211,26 @@ if judge_path == '':
 if judge_path and not (os.path.isfile(judge_path) or os.path.isfile(judge_path.split(':', 1)[-1])):
     fail('--judge', f"no judge at {judge_path!r}; pass a judge.pt, an open_clip MODEL:LOCAL_FILE, or --filter none")
 # the reader that checks the filter from outside the game: the toy's scenes only
-reader_path = args.reader or (scene_reader.PATH if args.backbone == 'tiny-toy' else 'none')
+reader_path = args.reader or (scene_reader.PATH if args.backbone == 'tiny-toy' and args.data == 'shapes' else 'none')
 reader = None
 if args.mode == 'unigame' and args.space == 'decoded' and reader_path != 'none':
-    if args.backbone != 'tiny-toy':
-        fail('--reader', f"reads the toy's 36 px scenes only, not {args.backbone}'s images; use --reader none")
+    if args.backbone != 'tiny-toy' or args.data != 'shapes':
+        fail('--reader', f"reads the toy's 36 px scenes only, not {args.backbone}'s or {args.data}'s images; use "
+                         f"--reader none")
     try:
         reader = scene_reader.load(reader_path)
     except ValueError as e:
         fail('--reader', str(e))
+# the paper's data, read now so that a bad file fails before a large backbone loads; images are read when drawn
+val_set = caption_set = None
+if args.mode != 'pretrain':
+    try:
+        if args.data == 'vqav2':
+            train_set, val_set = realdata.vqav2(args.questions, args.annotations, args.images, args.val_size)
+        if args.captions:
+            caption_set = realdata.CaptionPairs(args.captions)
+    except (FileNotFoundError, ValueError) as e:  # each names its file (and flag) and the expected format
+        p.error(str(e) if str(e).startswith('--') else f"--data {args.data}: {e}")
 if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
     fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
 if args.backbone not in model.BACKBONES and not model.is_checkpoint_name(args.backbone):
@@ -270,7 +301,11 @@ opt_u = torch.optim.AdamW(u_params, lr=args.und_lr, weight_decay=0.0)
 opt_c = torch.optim.AdamW(c_params, lr=args.gen_lr, weight_decay=0.0)
 buffer_rng = torch.Generator().manual_seed(args.seed + rank)
 torch.manual_seed(args.seed + rank)  # from here on (LoRA dropout, random noise) ranks may differ
-train_set = data.ShapesVQA('train', args.train_size, first=toy_umm.PRETRAIN_SCENES)  # scenes the base never saw
+if args.data == 'shapes':
+    train_set = data.ShapesVQA('train', args.train_size, first=toy_umm.PRETRAIN_SCENES)  # scenes the base never saw
+for streamed in (train_set, val_set, caption_set):
+    if isinstance(streamed, realdata.Streamed):
+        streamed.image_size = umm.image_size  # real images are read at the backbone's size
 if master:
     n_u, n_c = sum(q.numel() for q in u_params), sum(q.numel() for q in c_params)
     n_all = sum(q.numel() for q in umm.parameters())
@@ -563,6 +598,11 @@ try:
             questions, answers = q + [w for _, qs, _ in hard for w in qs], a + [w for _, _, aa in hard for w in aa]
             ce = umm.understand_loss(tokens, questions, answers)    # clean and hard rows in one LM call
             l_u = ce[:len(q)].mean() + (args.beta * ce[len(q):].mean() if len(questions) > len(q) else 0)  # Eq. 6
+            if caption_set is not None:  # Appendix B.1: caption pairs supervise the generation branch (shared LLM)
+                pairs = [caption_set[i] for i in data.batch_indices(step * world_size + rank, len(caption_set),
+                                                                    min(args.batch_size, len(caption_set)), args.seed)]
+                images = torch.stack([s['image'] for s in pairs]).to(device)                  # (B, 3, s, s)
+                l_u = l_u + args.t2i_weight * umm.t2i_loss([s['caption'] for s in pairs], images).mean()
         finite = torch.isfinite(l_u.detach()).float()
         if ddp:  # every rank must take (or skip) the update together
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
@@ -606,6 +646,7 @@ try:
                        hard_fresh=ratio('hard_fresh', 'steps'), hard_replayed=ratio('hard_replayed', 'steps'),
                        buffer_kept=ratio('buffer_kept', 'steps') if buffer is not None else 0,
                        H_mean=None if math.isnan(h_mean) else h_mean,
+                       images_skipped=sum(getattr(d, 'skipped', 0) for d in (train_set, caption_set)),  # unreadable
                        step_time=sum(t[k] for k in PHASES) / t['steps'],
                        phase_time={k: t[k] / t['steps'] for k in PHASES})
             log.zero_()
@@ -636,11 +677,14 @@ if master:
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith('cuda') else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     final = dict(peak_memory_mb=round(peak_mb), timings=timings)
-    if args.val_size > 0 and args.backbone == 'tiny-toy':
-        t0 = time.time()
+    t0 = time.time()
+    if args.val_size > 0 and args.backbone == 'tiny-toy' and args.data == 'shapes':
         with ctx:
             final.update(evaluate.base_vs_trained(umm, args.val_size, label=args.mode))
-        timings['eval'] = time.time() - t0
+    elif val_set is not None:  # the held-out VQAv2 questions: VQA accuracy of the free-form answers, base and trained
+        with ctx:
+            final.update(realdata.vqa_base_vs_trained(umm, val_set, args.batch_size, label=args.mode))
+    timings['eval'] = time.time() - t0
     with open(os.path.join(args.out_dir, 'final.json.tmp'), 'w') as f:  # written last: the run is complete
         json.dump(final, f, indent=1)
     os.replace(os.path.join(args.out_dir, 'final.json.tmp'), os.path.join(args.out_dir, 'final.json'))
