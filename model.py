@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import (AutoConfig, AutoTokenizer, JanusConfig, JanusForConditionalGeneration, JanusVisionConfig,
-                          JanusVQVAEConfig, LlamaConfig, PreTrainedTokenizerFast)
+                          JanusVQVAEConfig, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast)
 from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
 # LoRA defaults. The paper trains "LoRA adapters on the LLM backbone" but gives no rank; these are common values.
@@ -71,6 +71,29 @@ class UMM(nn.Module):
 
     def caption(self, images, max_new_tokens=48):       # -> list[str]
         raise NotImplementedError
+
+    def checkpoint_activations(self):
+        """Activation checkpointing on every transformers model inside (the LM, a ViT): each layer's activations are
+        recomputed in backward instead of kept, about 1/layers of the activation memory for one more forward.
+        Non-reentrant, so gradients reach LoRA and C even though the frozen inputs need none."""
+        kwargs = {'use_reentrant': False}
+        for m in self.modules():
+            if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing:
+                if hasattr(m, 'activation_checkpointing_enable'):  # transformers >= 5.2x; the old name warns
+                    m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+                else:
+                    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return self
+
+    def eval_with_gradients(self):
+        """eval() (no dropout) for a pass that still back-propagates, C's ascent (Eq. 7): transformers checkpoints a
+        layer only while the layer's own `training` is set, so checkpointed layers keep it (their dropout modules,
+        LoRA's included, are switched off all the same)."""
+        self.eval()
+        for m in self.modules():
+            if getattr(m, 'gradient_checkpointing', False) is True:
+                m.training = True
+        return self
 
     # What post-training updates: LoRA adapters on the language model `self.lm` (a peft model after `add_lora`).
     # Both backbones here keep their LoRA there; one that does not overrides these three.

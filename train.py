@@ -128,6 +128,12 @@ p.add_argument('--buffer-policy', default='rescore', choices=['rescore', 'keep',
 # optim
 p.add_argument('--steps', type=int, default=300, help='post-training steps (pretrain: see --pretrain-steps)')
 p.add_argument('--batch-size', type=int, default=32, help='clean samples per step and rank')
+p.add_argument('--micro-batch', type=int, default=0,
+               help='rows per forward pass: the challenge step, mining and the understand step run in chunks of this '
+                    'many rows with gradients accumulated, the same update as one pass (0: one pass per step)')
+p.add_argument('--activation-checkpointing', default=None, choices=['on', 'off'],
+               help="recompute each LM layer's activations in backward instead of keeping them (about 1/layers of "
+                    "the activation memory for one more forward; default: on for real backbones, off for tiny ones)")
 p.add_argument('--und-lr', type=float, default=2e-5, help="U's LoRA AdamW learning rate (paper: 2e-5)")
 p.add_argument('--clip-grad-u', type=float, default=0.0,
                help="per-role clipping (Appendix B.2): max L2 norm of U's LoRA gradient, in float32 (0: off)")
@@ -169,6 +175,8 @@ args.filter_zero = args.filter_zero or ('edit' if args.data == 'shapes' else 'sc
 for flag in ('gen_lr', 'und_lr', 'eps', 'pgd_eps'):
     if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
         fail('--' + flag.replace('_', '-'), f"must be a finite number > 0, got {getattr(args, flag)}")
+if args.micro_batch < 0:
+    fail('--micro-batch', f"must be >= 0 (0: one pass per step), got {args.micro_batch}")
 for flag in ('steps', 'batch_size', 'train_size', 'candidates', 'mine_every', 'log_every', 'save_every',
              'pretrain_steps', 'lora_r', 'asr_every', 'calibration', 'pgd_steps'):
     if getattr(args, flag) < 1:
@@ -283,6 +291,8 @@ unknown = set(targets) - {name.split('.')[-1] for name, _ in umm.lm.named_module
 if unknown:  # peft would skip a name that matches nothing as long as another one matches
     fail('--lora-targets', f"no module of the LM is named {', '.join(sorted(unknown))}")
 umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets).train()
+if (args.activation_checkpointing or ('off' if args.backbone.startswith('tiny-') else 'on')) == 'on':
+    umm.checkpoint_activations()
 C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
 unigame = args.mode == 'unigame'
 judge = None
@@ -370,12 +380,22 @@ def noise(z):
     return args.eps * Perturber.token_rms(z) * torch.nn.functional.normalize(torch.randn_like(z.float()), dim=-1)
 
 
-def step_(optimizer, loss, params, max_norm=0.0):
-    """One update from `loss`, gradients only for `params` (U's step never touches C and vice versa), averaged over
-    ranks by one all-reduce of the flattened gradients, then clipped to `max_norm` (0: not clipped) in float32, the
-    role's own norm (Appendix B.2); every rank calls this at the same steps."""
-    optimizer.zero_grad(set_to_none=True)
+def chunks(n):
+    """Row slices of the micro-batches of an n-row pass (--micro-batch; 0: one slice of all n rows)."""
+    m = args.micro_batch or n
+    return [slice(i, min(i + m, n)) for i in range(0, n, m)]
+
+
+def backward_(loss, params):
+    """Accumulate d loss / d params (a micro-batch's share of the step's loss); U's step never touches C's
+    gradients and vice versa."""
     scaler.scale(loss).backward(inputs=params)
+
+
+def update_(optimizer, params, max_norm=0.0):
+    """One update from the accumulated gradients, averaged over ranks by one all-reduce of the flattened gradients,
+    then clipped to `max_norm` (0: not clipped) in float32, the role's own norm (Appendix B.2); every rank calls this
+    at the same steps. The caller zeroes the gradients before accumulating."""
     if ddp:
         grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in params]
         flat = torch.cat([g.flatten() for g in grads]) / world_size
@@ -487,10 +507,8 @@ def tally(**sums):
 
 def wrong(z_rows, questions, answers):
     """Which of U's greedy answers are wrong (free-form answers compared after VQA normalisation), a list of bool."""
-    if not questions:
-        return []
-    return [scorers.normalize_answer(p) != scorers.normalize_answer(t)
-            for p, t in zip(umm.answer(z_rows, questions), answers)]
+    predictions = [p for r in chunks(len(questions)) for p in umm.answer(z_rows[r], questions[r])]
+    return [scorers.normalize_answer(p) != scorers.normalize_answer(t) for p, t in zip(predictions, answers)]
 
 
 def control_images(x, q, a):
@@ -520,21 +538,26 @@ try:
         # 1. challenge step (lines 4-8): C ascends L_C = CE(U(Enc(G(z + delta)))) - lam ||delta||^2 (Eq. 7)
         c_steps = (step + 1) * g_updates // u_updates - step * g_updates // u_updates  # the G:U ratio
         c_steps = c_steps if unigame and args.perturb == 'adversarial' else 0
-        umm.eval()  # U is C's fixed opponent: no LoRA dropout while C ascends
+        umm.eval_with_gradients()  # U is C's fixed opponent: no LoRA dropout while C ascends
         for _ in range(c_steps):
-            with ctx:
-                if args.attack == 'decoded':                        # Eq. 7: decode z + delta, re-encode, answer
-                    x_adv, _ = umm.decode(x, z, q, perturb=C)       # (B, 3, s, s), differentiable in delta
-                    ce = umm.understand_loss(umm.encode(x_adv), q, a)
-                else:                                               # Table 4's "adversarial emb.": U reads z + delta
-                    ce = umm.understand_loss(z.float() + C(z.float()), q, a)
-                l_c = (ce.float() - C.penalty(args.lam)).mean()     # Eq. 7, float32
-            finite = torch.isfinite(l_c.detach()).float()
+            opt_c.zero_grad(set_to_none=True)
+            l_c = torch.zeros((), device=device)
+            for r in chunks(len(q)):                                # micro-batches: gradients accumulate
+                with ctx:
+                    if args.attack == 'decoded':                    # Eq. 7: decode z + delta, re-encode, answer
+                        x_adv, _ = umm.decode(x[r], z[r], q[r], perturb=C)  # (b, 3, s, s), differentiable in delta
+                        ce = umm.understand_loss(umm.encode(x_adv), q[r], a[r])
+                    else:                                           # Table 4's "adversarial emb.": U reads z + delta
+                        ce = umm.understand_loss(z[r].float() + C(z[r].float()), q[r], a[r])
+                    part = (ce.float() - C.penalty(args.lam)).sum() / len(q)  # Eq. 7, float32: this chunk's share
+                backward_(-part, c_params)                          # maximise: descend on -L_C
+                l_c += part.detach()
+            finite = torch.isfinite(l_c).float()
             if ddp:  # every rank takes (or skips) C's update together
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if finite.item():
-                step_(opt_c, -l_c, c_params, args.clip_grad_c)    # maximise: descend on -L_C
-                tally(L_C=l_c.detach(), c_steps=1)
+                update_(opt_c, c_params, args.clip_grad_c)
+                tally(L_C=l_c, c_steps=1)
         umm.train()
         t_end.append(time.time())
 
@@ -547,14 +570,20 @@ try:
                 xk, zk = x.repeat_interleave(K, 0), z.repeat_interleave(K, 0)                  # (B*K, ...)
                 qk, ak, ck, tk = ([v for v in seq for _ in range(K)] for seq in (q, a, b['captions'], b['qtypes']))
                 perturb = C if args.perturb == 'adversarial' else noise
-                if args.space == 'decoded':
-                    x_tilde, _ = umm.decode(xk, zk, qk, perturb=perturb)   # (B*K, 3, s, s)
-                    z_tilde = umm.encode(x_tilde)                   # re-encode the candidates: U reads images
-                else:                                               # embedding-only: the tokens are the sample
-                    z_tilde = zk.float() + perturb(zk.float())      # (B*K, N, H) float32, never rounded to bf16
-                    x_tilde = z_tilde
-                ce_k = umm.understand_loss(z_tilde, qk, ak).float()  # (B*K,)
-                sim = None if scale is None else scale(similarity(x_tilde, xk if args.space == 'decoded' else zk, ck))
+                parts = []
+                for r in chunks(len(qk)):                           # micro-batches, concatenated below
+                    if args.space == 'decoded':
+                        x_t, _ = umm.decode(xk[r], zk[r], qk[r], perturb=perturb)  # (b, 3, s, s)
+                        z_t = umm.encode(x_t)                       # re-encode the candidates: U reads images
+                    else:                                           # embedding-only: the tokens are the sample
+                        z_t = zk[r].float() + perturb(zk[r].float())  # (b, N, H) float32, never rounded to bf16
+                        x_t = z_t
+                    ce_t = umm.understand_loss(z_t, qk[r], ak[r]).float()  # (b,)
+                    s_t = None if scale is None else \
+                        scale(similarity(x_t, xk[r] if args.space == 'decoded' else zk[r], ck[r]))
+                    parts.append((x_t, z_t, ce_t, s_t))
+                x_tilde, z_tilde, ce_k = (torch.cat(t) for t in list(zip(*parts))[:3])    # (B*K, ...)
+                sim = None if scale is None else torch.cat([t[3] for t in parts])
                 h = hardness(ce_k, sim, args.clip_tau, args.clip_lambda)                   # Eq. 4's H, (B*K,)
                 keep = select_hard(h, sim, args.min_sim, args.hard_quantile).nonzero().flatten().tolist()
                 rejected = [] if sim is None else (sim < args.min_sim).nonzero().flatten().tolist()
@@ -596,18 +625,32 @@ try:
                   hard_replayed=len(replay['questions']) if replay is not None else 0)
             tokens = torch.cat([z.float(), *(t.float() for t, _, _ in hard)])   # (B + hard, N, H): z + delta in fp32
             questions, answers = q + [w for _, qs, _ in hard for w in qs], a + [w for _, _, aa in hard for w in aa]
-            ce = umm.understand_loss(tokens, questions, answers)    # clean and hard rows in one LM call
-            l_u = ce[:len(q)].mean() + (args.beta * ce[len(q):].mean() if len(questions) > len(q) else 0)  # Eq. 6
-            if caption_set is not None:  # Appendix B.1: caption pairs supervise the generation branch (shared LLM)
-                pairs = [caption_set[i] for i in data.batch_indices(step * world_size + rank, len(caption_set),
-                                                                    min(args.batch_size, len(caption_set)), args.seed)]
-                images = torch.stack([s['image'] for s in pairs]).to(device)                  # (B, 3, s, s)
-                l_u = l_u + args.t2i_weight * umm.t2i_loss([s['caption'] for s in pairs], images).mean()
-        finite = torch.isfinite(l_u.detach()).float()
+        # Eq. 6 as one weighted sum over rows: 1/B on each clean row, beta/n_hard on each hard one
+        n_hard = len(questions) - len(q)
+        weight = torch.tensor([1 / len(q)] * len(q) + [args.beta / max(n_hard, 1)] * n_hard, device=device)
+        opt_u.zero_grad(set_to_none=True)
+        l_u, ce = torch.zeros((), device=device), []
+        for r in chunks(len(questions)):                            # clean and hard rows together, chunk by chunk
+            with ctx:
+                ce.append(umm.understand_loss(tokens[r], questions[r], answers[r]).float())        # (b,)
+                part = (ce[-1] * weight[r]).sum()
+            backward_(part, u_params)
+            l_u += part.detach()
+        ce = torch.cat(ce).detach()                                 # (B + hard,) for B's rescoring
+        if caption_set is not None:  # Appendix B.1: caption pairs supervise the generation branch (shared LLM)
+            pairs = [caption_set[i] for i in data.batch_indices(step * world_size + rank, len(caption_set),
+                                                                min(args.batch_size, len(caption_set)), args.seed)]
+            for r in chunks(len(pairs)):
+                with ctx:
+                    images = torch.stack([s['image'] for s in pairs[r]]).to(device)           # (b, 3, s, s)
+                    part = args.t2i_weight * umm.t2i_loss([s['caption'] for s in pairs[r]], images).sum() / len(pairs)
+                backward_(part, u_params)
+                l_u += part.detach()
+        finite = torch.isfinite(l_u).float()
         if ddp:  # every rank must take (or skip) the update together
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item():
-            step_(opt_u, l_u, u_params, args.clip_grad_u)
+            update_(opt_u, u_params, args.clip_grad_u)
             nan_streak = 0
         else:
             nan_streak += 1

@@ -1,0 +1,67 @@
+"""What lets a 7B run fit one GPU, checked on tiny-janus: --micro-batch gives the same update as one pass, activation
+checkpointing gives the same gradients and really recomputes (in C's ascent too, where U is in eval mode).
+Run: python -m pytest -q tests/test_memory.py"""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+import model
+from fixtures_vqa import write_vqa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+
+
+def run(tmp_path, name, *flags):
+    q, a, images = write_vqa(str(tmp_path / 'data'), images=4, per_image=3)
+    out = str(tmp_path / name)
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--backbone', 'tiny-janus', '--data', 'vqav2',
+           '--questions', q, '--annotations', a, '--images', images, '--steps', '2', '--batch-size', '4',
+           '--filter', 'none', '--log-every', '1', '--val-size', '0', '--lora-dropout', '0', '--out_dir', out, *flags]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+
+
+def assert_same_weights(a, b, rtol):
+    for part in ('trainable', 'perturber'):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            if a[part][k].is_floating_point():
+                torch.testing.assert_close(a[part][k], b[part][k], rtol=rtol, atol=1e-7, msg=f"{part} {k}")
+
+
+def test_micro_batches_and_checkpointing_give_the_update_of_one_pass(tmp_path):
+    one = run(tmp_path, 'one')                                   # batch 4 in one pass, C stepping and U stepping
+    split = run(tmp_path, 'split', '--micro-batch', '3')         # chunks of 3 + 1 (and of the hard rows)
+    ckpt = run(tmp_path, 'ckpt', '--micro-batch', '2', '--activation-checkpointing', 'on')
+    assert one['step'] == split['step'] == ckpt['step'] == 2
+    assert any((v != 0).any() for k, v in one['trainable'].items() if 'lora_B' in k)  # U really moved
+    assert_same_weights(one, split, rtol=1e-5)
+    assert_same_weights(one, ckpt, rtol=1e-5)
+
+
+def test_checkpointing_recomputes_layers_even_while_c_ascends_with_u_in_eval_mode():
+    torch.manual_seed(0)
+    umm = model.build_tiny_janus().add_lora(dropout=0.5)
+    mlp, calls = umm.lm.base_model.model.layers[0].mlp, []  # inside a checkpointed layer (hooks skip recomputes)
+    forward = mlp.forward
+    mlp.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    z = umm.encode(torch.rand(2, 3, 32, 32)).detach().requires_grad_()
+
+    def grad():
+        calls.clear()
+        umm.understand_loss(z, ['how many', 'what color'], ['2', 'red']).sum().backward()
+        g, z.grad = z.grad.clone(), None
+        return g, len(calls)
+
+    umm.eval()
+    plain, n_plain = grad()
+    umm.checkpoint_activations().eval_with_gradients()
+    checkpointed, n_ckpt = grad()
+    assert n_plain == 1 and n_ckpt == 2  # the layer ran again in backward
+    assert torch.equal(plain, checkpointed)  # and no dropout: LoRA's p = 0.5 would change every gradient
+    assert not any(m.training for m in umm.modules() if isinstance(m, torch.nn.Dropout))
