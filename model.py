@@ -379,9 +379,9 @@ class JanusUMM(UMM):
             return self.render(codes), delta
         if mode != 'regen':
             raise ValueError(f"mode must be 'regen' or 't2i', got {mode!r}")
-        with torch.no_grad():
+        with torch.no_grad():  # delta acts after the LLM: nothing before it needs a gradient (nor its memory)
             codes = self.image_codes(images)                                                   # (B, N)
-        states = self.gen_states(codes, prompts)                                               # (B, N, H)
+            states = self.gen_states(codes, prompts)                                           # (B, N, H)
         delta = None if perturb is None else perturb(states.float())                          # (B, N, H) float32
         logits = self.gen_logits(states if delta is None else states.float() + delta)          # (B, N, V)
         return self.render(self.pick(logits, T), logits, max(T, 1.0)), delta
@@ -482,6 +482,12 @@ BACKBONES = {
 }
 
 
+def default_micro_batch(name: str) -> int:
+    """train.py's --micro-batch when not given: 0 (one pass) on the tiny backbones, 4 rows on real ones, which
+    `python model.py --memory janus-pro-7b` finds fit one 80 GB GPU at the other defaults."""
+    return 0 if name.startswith('tiny-') else 4
+
+
 def is_checkpoint_name(name: str) -> bool:
     """A hub id (owner/name) or a local directory: `--backbone` loads a Janus checkpoint from it."""
     return os.path.isdir(name) or re.fullmatch(r'[\w.-]+/[\w.-]+', name) is not None
@@ -545,7 +551,15 @@ if __name__ == '__main__':
     p.add_argument('--batch', type=int, default=16, help='candidates per decode call in --bench-decode')
     p.add_argument('--count', choices=list(JANUS_PRO), help='meta-device parameter counts of this architecture')
     p.add_argument('--perturber-width', type=int, default=None, help='width of C for --count (default: H)')
-    args = p.parse_args()
+    p.add_argument('--memory', choices=list(JANUS_PRO), metavar='NAME',
+                   help=f"estimate peak GPU memory of a train.py run of NAME ({', '.join(JANUS_PRO)}); train.py's "
+                        f"flags after it (memory.py; --memory NAME --help lists them)")
+    args, rest = p.parse_known_args()
+    if rest and not args.memory:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.memory:
+        import memory
+        memory.main(args.memory, rest)
     if args.bench_decode:
         torch.set_num_threads(1)  # stable timings on a shared CPU; two threads fight over small ops
         t = bench_decode(args.batch)

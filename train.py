@@ -128,9 +128,10 @@ p.add_argument('--buffer-policy', default='rescore', choices=['rescore', 'keep',
 # optim
 p.add_argument('--steps', type=int, default=300, help='post-training steps (pretrain: see --pretrain-steps)')
 p.add_argument('--batch-size', type=int, default=32, help='clean samples per step and rank')
-p.add_argument('--micro-batch', type=int, default=0,
+p.add_argument('--micro-batch', type=int, default=None,
                help='rows per forward pass: the challenge step, mining and the understand step run in chunks of this '
-                    'many rows with gradients accumulated, the same update as one pass (0: one pass per step)')
+                    'many rows with gradients accumulated, the same update as one pass (0: one pass per step; '
+                    'default: 0 on tiny backbones, 4 on real ones, what `python model.py --memory` finds fits)')
 p.add_argument('--activation-checkpointing', default=None, choices=['on', 'off'],
                help="recompute each LM layer's activations in backward instead of keeping them (about 1/layers of "
                     "the activation memory for one more forward; default: on for real backbones, off for tiny ones)")
@@ -156,8 +157,9 @@ p.add_argument('--val-size', type=int, default=1000,
                help='val questions for the final table (0: skip it); --data vqav2: the questions of the last images '
                     'of --questions, held out of training and scored with VQA accuracy at the end')
 # system
-p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'],
-               help='autocast dtype; C, delta, its norm, the losses and optimizer states stay float32')
+p.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16'],
+               help='autocast dtype (and the frozen weights\' dtype on real backbones); C, delta, its norm, the losses '
+                    'and optimizer states stay float32 (default: bfloat16 on real backbones, float32 on tiny ones)')
 p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='cpu or cuda')
 p.add_argument('--seed', type=int, default=0, help='seed of init, data order, buffer sampling')
 p.add_argument('--save-every', type=int, default=100, help='steps between checkpoints (and one at the end)')
@@ -171,10 +173,12 @@ def fail(flag, message):
     p.error(f"{flag}: {message}")
 
 
+args.dtype = args.dtype or ('float32' if args.backbone.startswith('tiny-') else 'bfloat16')
 args.filter_zero = args.filter_zero or ('edit' if args.data == 'shapes' else 'scene')  # edits need shape words
 for flag in ('gen_lr', 'und_lr', 'eps', 'pgd_eps'):
     if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
         fail('--' + flag.replace('_', '-'), f"must be a finite number > 0, got {getattr(args, flag)}")
+args.micro_batch = model.default_micro_batch(args.backbone) if args.micro_batch is None else args.micro_batch
 if args.micro_batch < 0:
     fail('--micro-batch', f"must be >= 0 (0: one pass per step), got {args.micro_batch}")
 for flag in ('steps', 'batch_size', 'train_size', 'candidates', 'mine_every', 'log_every', 'save_every',

@@ -65,3 +65,20 @@ def test_checkpointing_recomputes_layers_even_while_c_ascends_with_u_in_eval_mod
     assert n_plain == 1 and n_ckpt == 2  # the layer ran again in backward
     assert torch.equal(plain, checkpointed)  # and no dropout: LoRA's p = 0.5 would change every gradient
     assert not any(m.training for m in umm.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_saved_bytes_counts_what_autograd_keeps_by_hand():
+    import memory
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(5, 8, requires_grad=True)
+    # Linear keeps its input (5 x 8 float32) and its weight (a parameter: not activation memory); ReLU its output
+    assert memory.saved_bytes(lambda: lin(x).sum(), lin.parameters()) == 5 * 8 * 4
+    assert memory.saved_bytes(lambda: torch.relu(lin(x)).sum(), lin.parameters()) == 5 * 8 * 4 + 5 * 4 * 4
+    with torch.no_grad():
+        assert memory.saved_bytes(lambda: torch.relu(lin(x)).sum(), lin.parameters()) == 0
+
+
+def test_fit_recovers_a_linear_and_a_quadratic_term():
+    import memory
+    lin, quad = memory.fit((16, 32), (16 * 100 + 256 * 3, 32 * 100 + 1024 * 3))
+    assert abs(lin - 100) < 1e-9 and abs(quad - 3) < 1e-9

@@ -1,0 +1,194 @@
+"""
+Will a UniGame run of Janus-Pro fit one GPU? An estimate of peak GPU memory from bytes measured on this CPU.
+
+    python model.py --memory janus-pro-7b                       # the README's one-GPU command: train.py's defaults
+    python model.py --memory janus-pro-7b --micro-batch 0 --activation-checkpointing off   # what does not fit
+
+How it is measured. Weights, LoRA and C are counted on the meta device (model.count_parameters' build). Activations
+are what autograd keeps for backward, counted with torch.autograd.graph.saved_tensors_hooks (each storage once,
+parameters left out) on modules built at the true widths on the CPU, in bf16 autocast as train.py runs them:
+- one decoder layer of the LLM (Llama at the model's H, intermediate size and heads, LoRA on --lora-targets) at two
+  sequence lengths, split into bytes per token and bytes per token^2 (the T x T attention scores of CPU's SDPA);
+- the same layer under activation checkpointing (what it keeps is its input: the float32 residual stream, since
+  z + delta enters U in float32);
+- one and two SigLIP layers of the vision encoder (the re-encoding Enc(G(z + delta)) of Eq. 7), on 16 and 64 tokens,
+  taken to 576 by the fitted a + b T;
+- the VQ-16 decoder (G's render in Eq. 7) on 3 x 3 and 6 x 6 latents, taken to 24 x 24 (384 px) the same way, and
+  the generation head on 576 states (float32).
+Short sequences and small latents because bf16 on a CPU without bf16 units is slow; what a layer keeps grows as
+a + b T in its tokens (b: the attention scores), so two sizes determine it.
+Then the phases of one step (Algorithm 1) are sums of these for a micro-batch of rows: the challenge step (head + VQ
+decoder + SigLIP + LLM pass of U), the understand step (LLM pass of U over clean + hard rows), the caption pairs' T2I
+pass. Mining runs without gradients. Peak = weights + trainable states + the largest phase + 2 GiB for the CUDA
+context and allocator slack.
+
+Assumptions, stated: on the GPU, SDPA's memory-efficient kernel keeps O(T) per head, so the T^2 term measured on the
+CPU is left out of the total (printed beside it); U's row is 576 image tokens + the system prompt + 32 tokens of
+question and answer. Never checked against a real GPU (there is none here).
+"""
+
+import argparse
+import math
+
+import torch
+
+GIB = 2 ** 30
+
+
+def saved_bytes(fn, params=()):
+    """Bytes autograd keeps for backward while fn() runs: each saved storage once, parameters' storages excluded."""
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def fit(sizes, measured):
+    """Bytes b(n) = lin * n + quad * n^2 through two measured points: (lin, quad). n is tokens (or latent pixels)."""
+    (n1, n2), (b1, b2) = sizes, measured
+    quad = max(0.0, (b2 * n1 - b1 * n2) / (n1 * n2 * (n2 - n1)))
+    return (b1 - quad * n1 * n1) / n1, quad
+
+
+def llm_layer(cfg, targets, r, checkpointing, lengths=(16, 32)):
+    """One Llama decoder layer at the true width with LoRA: (bytes per token, bytes per token^2) it keeps. Short
+    sequences suffice (what a layer keeps grows as a + b T) and keep bf16 on a CPU without bf16 units bearable."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaModel
+    t = cfg.text_config
+    one = LlamaConfig(hidden_size=t.hidden_size, intermediate_size=t.intermediate_size, num_hidden_layers=1,
+                      num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
+                      vocab_size=8, max_position_embeddings=max(lengths))
+    lm = get_peft_model(LlamaModel(one).to(torch.bfloat16), LoraConfig(r=r, target_modules=list(targets)))
+    lm.train()
+    if checkpointing:
+        lm.base_model.model.activation_checkpointing_enable(activation_checkpointing_kwargs={'use_reentrant': False})
+    measured = []
+    for T in lengths:
+        x = torch.randn(1, T, t.hidden_size)  # z + delta and the text embeddings, float32 as U reads them
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            measured.append(saved_bytes(lambda: lm(inputs_embeds=x).last_hidden_state.float().sum(), lm.parameters()))
+    return fit(lengths, measured)
+
+
+def vision_per_token(cfg, sizes=(64, 128)):
+    """SigLIP at the true width: bytes kept per token by one layer, and by the rest (embeddings), with grads flowing
+    to the pixels (Enc(G(z + delta))); measured on small images (16 and 64 tokens) and fitted, (lin, quad) each."""
+    from transformers import JanusVisionModel
+    v, per = cfg.vision_config, {}
+    for layers in (1, 2):
+        measured = []
+        for s in sizes:
+            model = JanusVisionModel(type(v)(**{**v.to_dict(), 'num_hidden_layers': layers, 'image_size': s}))
+            model = model.to(torch.bfloat16)
+            x = torch.rand(1, 3, s, s, requires_grad=True)
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                measured.append(saved_bytes(lambda: model(x).last_hidden_state.float().sum(), model.parameters()))
+        per[layers] = fit([(s // v.patch_size) ** 2 for s in sizes], measured)
+    layer = tuple(b - a for a, b in zip(per[1], per[2]))
+    return layer, tuple(a - l for a, l in zip(per[1], layer))
+
+
+def render_and_head(cfg, grids=(3, 6)):
+    """Bytes kept by the VQ-16 decoder for one g x g latent (fitted in latent pixels from 3 x 3 and 6 x 6, then taken
+    to the model's 24 x 24 = 384 px) and by the generation head on g^2 states (float32, as model.py runs it)."""
+    from transformers.models.janus.modeling_janus import JanusVQVAE, JanusVQVAEHead
+    q, H, g = cfg.vq_config, cfg.text_config.hidden_size, cfg.vision_config.image_size // 16
+    vq = JanusVQVAE(q).to(torch.bfloat16)
+    measured = []
+    for n in grids:
+        latents = torch.randn(1, q.embed_dim, n, n, requires_grad=True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            measured.append(saved_bytes(lambda: vq.decoder(vq.post_quant_conv(latents)).float().sum(), vq.parameters()))
+    lin, quad = fit([n * n for n in grids], measured)
+    head = JanusVQVAEHead(q)
+    states = torch.randn(1, g * g, H, requires_grad=True)
+    logits = lambda: torch.softmax(head(states).float(), -1).sum()   # softmax: the straight-through estimator
+    return lin * g * g + quad * (g * g) ** 2, saved_bytes(logits, head.parameters())
+
+
+def estimate(name='janus-pro-7b', batch_size=32, micro_batch=None, replay=16, hard_quantile=0.6,
+             activation_checkpointing='on', lora_r=16, lora_targets=('q_proj', 'k_proj', 'v_proj', 'o_proj'),
+             perturber_width=None, attack='decoded', captions=False, gpu_gib=80, **_):
+    """The peak estimate in GiB, by part, for one rank's step of train.py with these flags."""
+    import model
+    from perturber import Perturber
+    micro = micro_batch if micro_batch is not None else model.default_micro_batch(name)
+    umm = model.build_janus(name, meta=True).add_lora(r=lora_r, targets=lora_targets)
+    cfg, H = umm.janus.config, umm.hidden_size
+    n_lora = sum(p.numel() for p in umm.understanding_parameters())
+    head = sum(p.numel() for p in umm.janus.model.generation_head.parameters())
+    frozen = sum(p.numel() for p in umm.parameters()) - n_lora
+    with torch.device('meta'):
+        n_c = sum(p.numel() for p in Perturber(H, perturber_width).parameters())
+    parts = {'frozen weights (bf16; generation head fp32)': (2 * (frozen - head) + 4 * head) / GIB,
+             'LoRA + C: fp32 weights, grads, AdamW states': 16 * (n_lora + n_c) / GIB}
+    ckpt = activation_checkpointing == 'on'
+    lin, quad = llm_layer(cfg, lora_targets, lora_r, checkpointing=False)
+    kept, _ = llm_layer(cfg, lora_targets, lora_r, checkpointing=True) if ckpt else (lin, quad)
+    N = (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2
+    v_layer, v_rest = (lin_v * N + quad_v * N * N for lin_v, quad_v in vision_per_token(cfg))
+    dec, gen_head = render_and_head(cfg)
+    L, Lv = cfg.text_config.num_hidden_layers, cfg.vision_config.num_hidden_layers
+    T = N + math.ceil(len(model.DEFAULT_SYSTEM_PROMPT) / 3.5) + 32      # U's row: image, system prompt, Q and A
+
+    def llm(rows, tokens):  # checkpointed: each layer keeps its input, and one layer at a time is rebuilt whole
+        return rows * tokens * (L * kept + (lin if ckpt else 0))
+    rows_u = batch_size + math.ceil((1 - hard_quantile) * batch_size) + replay  # clean + accepted + replayed
+    m_u, m_c = min(micro or rows_u, rows_u), min(micro or batch_size, batch_size)
+    width = cfg.vision_config.hidden_size  # SigLIP checkpointed too: each layer keeps its fp32 input, one is rebuilt
+    vision = (Lv * N * width * 4 + v_layer if ckpt else Lv * v_layer) + v_rest
+    phases = {'challenge (Eq. 7: head, VQ decoder, SigLIP, U)':
+              m_c * ((gen_head + dec + vision) * (attack == 'decoded')) + llm(m_c, T),
+              'understand (Eq. 6: clean + hard rows)': llm(m_u, T),
+              't2i on caption pairs': llm(m_c, N + 48) + m_c * gen_head if captions else 0.0}
+    top = max(phases, key=phases.get)
+    parts[f'activations, largest phase: {top}, {m_u if "understand" in top else m_c} rows'] = phases[top] / GIB
+    parts['CUDA context + allocator slack'] = 2.0
+    total = sum(parts.values())
+    return dict(parts=parts, phases={k: v / GIB for k, v in phases.items()}, total=total, fits=total <= gpu_gib,
+                gpu_gib=gpu_gib, micro_batch=micro, rows_understand=rows_u, tokens_per_row=T,
+                bytes_per_token_layer=dict(llm=lin, llm_checkpointed=kept, llm_attention_per_token2=quad),
+                bytes_per_image=dict(vq_decoder=dec, generation_head=gen_head, siglip_layer=v_layer))
+
+
+def main(name, argv):
+    p = argparse.ArgumentParser(prog=f'model.py --memory {name}', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--batch-size', type=int, default=32, help='train.py --batch-size')
+    p.add_argument('--micro-batch', type=int, default=None, help='train.py --micro-batch (default: its default)')
+    p.add_argument('--replay', type=int, default=16, help='train.py --replay')
+    p.add_argument('--hard-quantile', type=float, default=0.6, help='train.py --hard-quantile')
+    p.add_argument('--activation-checkpointing', default='on', choices=['on', 'off'], help='train.py flag')
+    p.add_argument('--lora-r', type=int, default=16, help='train.py --lora-r')
+    p.add_argument('--lora-targets', default='q_proj,k_proj,v_proj,o_proj', help='train.py --lora-targets')
+    p.add_argument('--perturber-width', type=int, default=None, help='train.py --perturber-width')
+    p.add_argument('--attack', default='decoded', choices=['decoded', 'token'], help='train.py --attack')
+    p.add_argument('--captions', action='store_true', help='count the T2I pass of train.py --captions')
+    p.add_argument('--gpu-gib', type=float, default=80, help='the GPU memory to fit, GiB (80: one H100 / A100)')
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    e = estimate(name, **{**vars(a), 'lora_targets': tuple(a.lora_targets.split(','))})
+    print(f"{name}, batch {a.batch_size} + {e['rows_understand'] - a.batch_size} hard rows in U's step, micro-batch "
+          f"{e['micro_batch'] or 'none'}, activation checkpointing {a.activation_checkpointing}, bf16, "
+          f"{e['tokens_per_row']} tokens per row")
+    b = e['bytes_per_token_layer']
+    print(f"measured on CPU at the true widths: LLM layer {b['llm'] / 1024:.1f} KiB per token "
+          f"({b['llm_checkpointed'] / 1024:.1f} KiB checkpointed; CPU attention adds {b['llm_attention_per_token2']:.0f}"
+          f" B per token^2, left out: GPU SDPA keeps O(T)); per image: VQ decoder "
+          f"{e['bytes_per_image']['vq_decoder'] / GIB:.2f} GiB, generation head "
+          f"{e['bytes_per_image']['generation_head'] / GIB:.3f} GiB, SigLIP layer "
+          f"{e['bytes_per_image']['siglip_layer'] / GIB:.3f} GiB")
+    for k, v in e['phases'].items():
+        print(f"  phase {k:48} {v:7.1f} GiB")
+    for k, v in e['parts'].items():
+        print(f"{k:75} {v:7.1f} GiB")
+    print(f"{'estimated peak per GPU':75} {e['total']:7.1f} GiB of {e['gpu_gib']:g}\nfits: {'yes' if e['fits'] else 'no'}")
+    return e
