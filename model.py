@@ -408,6 +408,45 @@ class JanusUMM(UMM):
             self.lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets)))
         return self
 
+    # ---- export: the adapter for plain peft on the whole JanusForConditionalGeneration, or merged weights ----------
+    # peft wraps the LLM alone, so its keys and targets are relative to the LLM; other tools load the whole model,
+    # where SigLIP has q_proj ... too. The saved adapter is rewritten to the whole model's names.
+    LLM = 'model.language_model.'
+
+    def save_trainable(self, directory):
+        """The LoRA adapter that `PeftModel.from_pretrained(JanusForConditionalGeneration..., directory)` loads: keys
+        under model.language_model, target_modules a regex that matches the LLM's layers only."""
+        import json
+        from safetensors.torch import load_file, save_file
+        self.lm.save_pretrained(directory)
+        path = os.path.join(directory, 'adapter_model.safetensors')
+        config = os.path.join(directory, 'adapter_config.json')
+        weights = {k.replace('base_model.model.', 'base_model.model.' + self.LLM, 1): v
+                   for k, v in load_file(path).items()}
+        save_file(weights, path)
+        with open(config) as f:
+            c = json.load(f)
+        names = c['target_modules'] if isinstance(c['target_modules'], list) else [c['target_modules']]
+        c['target_modules'] = rf"{re.escape(self.LLM)}layers\.\d+\..*({'|'.join(sorted(names))})"
+        with open(config, 'w') as f:
+            json.dump(c, f, indent=2)
+
+    def load_trainable(self, directory):
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+        weights = load_peft_weights(directory, device=str(self.device))
+        prefix = 'base_model.model.' + self.LLM
+        set_peft_model_state_dict(self.lm, {k.replace(prefix, 'base_model.model.', 1): v for k, v in weights.items()})
+
+    def export_merged(self, directory):
+        """A Hugging Face model directory with the LoRA merged into the LLM (JanusForConditionalGeneration and its
+        tokenizer), for tools that load `from_pretrained` (VLMEvalKit, TorchUMM configs). Ends this UMM's LoRA."""
+        self.janus.model.language_model = self.lm.merge_and_unload()
+        self.janus.model.generation_head.to(self.janus.lm_head.weight.dtype)  # float32 only while training
+        self.janus.save_pretrained(directory)
+        if self.tok is not None:
+            self.tok.save_pretrained(directory)
+
 
 
 def janus_config(lm, vision=None, vq=None, image_token_id=100581):

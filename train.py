@@ -164,6 +164,9 @@ p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu
 p.add_argument('--seed', type=int, default=0, help='seed of init, data order, buffer sampling')
 p.add_argument('--save-every', type=int, default=100, help='steps between checkpoints (and one at the end)')
 p.add_argument('--resume', action='store_true', help='continue from out_dir/ckpt.pt exactly where it stopped')
+p.add_argument('--merge-to', default=None, metavar='DIR',
+               help='Janus backbones: after training, also write a Hugging Face model dir with the LoRA merged in '
+                    '(JanusForConditionalGeneration.from_pretrained loads it); default: adapter only')
 p.add_argument('--max-nan-steps', type=int, default=3, help='stop after this many non-finite losses in a row')
 args = p.parse_args()
 args.out_dir = args.out_dir or f'out/{args.mode}'
@@ -247,6 +250,8 @@ if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
     fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
 if args.backbone not in model.BACKBONES and not model.is_checkpoint_name(args.backbone):
     fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(model.BACKBONES)}, a Janus hub id or dir")
+if args.merge_to and args.backbone in ('tiny-toy', 'toy'):
+    fail('--merge-to', f"merges a Janus backbone's LoRA into a Hugging Face dir; {args.backbone} has none to write")
 if args.gen_temperature is not None and not args.gen_temperature >= 0:
     fail('--gen-temperature', f"must be >= 0, got {args.gen_temperature}")
 
@@ -499,7 +504,8 @@ if master:  # on resume, drop the lines an interrupted run wrote after its last 
 PHASES = ('data', 'challenge', 'mine', 'understand')  # where a step's time goes, logged as phase_time
 # sums since the last log line, reduced over ranks only there: the losses, then what shows the game working
 SUMS = ('L_U', 'L_C', 'c_steps', 'steps', 'candidates', 'rejected', 'accepted', 'wrong_adv', 'wrong_adv_clean',
-        'asked_adv', 'wrong_clean', 'asked_clean', 'broken_acc', 'broken_rej', 'broken_all', 'wrong_intact', 'asked_intact',
+        'asked_adv', 'wrong_clean', 'asked_clean', 'broken_acc', 'broken_rej', 'broken_all', 'wrong_intact',
+        'asked_intact',
         'hard_fresh', 'hard_replayed', 'buffer_kept', *PHASES)
 log = torch.zeros(len(SUMS), device=device)
 
@@ -719,7 +725,7 @@ timings[args.mode] = time.time() - t_train
 # -----------------------------------------------------------------------------
 # what the run changed: the adapter for users (peft format), and base vs trained on val, clean and shifted
 if master:
-    umm.save_trainable(os.path.join(args.out_dir, 'adapter'))
+    umm.save_trainable(os.path.join(args.out_dir, 'adapter'))  # peft format (Janus: for the whole model)
     # peak memory of training: the GPU's allocator peak, or on CPU the process's peak resident set (Linux: KiB)
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith('cuda') else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -736,5 +742,8 @@ if master:
         json.dump(final, f, indent=1)
     os.replace(os.path.join(args.out_dir, 'final.json.tmp'), os.path.join(args.out_dir, 'final.json'))
     print('time: ' + ', '.join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + f"; peak memory {peak_mb:.0f} MB")
+    if args.merge_to:  # last: merging ends the LoRA (the adapter above is already written)
+        umm.export_merged(args.merge_to)
+        print(f"wrote {args.merge_to}: the model with its LoRA merged (JanusForConditionalGeneration.from_pretrained)")
 if ddp:
     dist.destroy_process_group()

@@ -159,3 +159,34 @@ def test_janus_pro_7b_on_the_meta_device():
     assert 7.3e9 < n['base'] < 7.5e9                        # the released checkpoint: 14.8 GB in bf16
     assert n['lora'] == 30 * 4 * 16 * (4096 + 4096)         # 30 layers x q, k, v, o x r (in + out)
     assert n['perturber'] == 2 * 4096 * 256 + 256 ** 2 + 2 * 256 + 4096 + 1 and n['trainable_share'] < 0.01
+
+
+def test_the_adapter_loads_with_plain_peft_and_the_merged_dir_with_from_pretrained(tmp_path, batch):
+    from peft import PeftModel
+    from transformers import JanusForConditionalGeneration
+    torch.manual_seed(0)
+    umm = model.build_tiny_janus()
+    umm.janus.save_pretrained(tmp_path / 'base')                 # the frozen base, as a hub dir would hold it
+    umm.add_lora(r=4, alpha=8, dropout=0.0)
+    for n, p in umm.lm.named_parameters():                      # a trained adapter: lora_B no longer zero
+        if 'lora_B' in n:
+            p.data.normal_(0, 0.5)
+    umm.eval()
+    z = umm.encode(batch['images'])
+    ours = umm.understand_loss(z, batch['questions'], batch['answers'])
+    umm.save_trainable(tmp_path / 'adapter')
+
+    plain = PeftModel.from_pretrained(JanusForConditionalGeneration.from_pretrained(tmp_path / 'base'),
+                                      tmp_path / 'adapter').eval()
+    wrapped = [n for n, _ in plain.named_modules() if n.endswith('lora_A')]
+    assert wrapped and all('language_model.layers' in n for n in wrapped)  # SigLIP's q_proj stays untouched
+    other = model.JanusUMM(plain.get_base_model(), umm.tok, caption_prompt='<caption>')
+    torch.testing.assert_close(other.understand_loss(z, batch['questions'], batch['answers']), ours)
+    with plain.disable_adapter():  # and the adapter is what makes the difference
+        assert (other.understand_loss(z, batch['questions'], batch['answers']) - ours).abs().max() > 1e-3
+
+    umm.export_merged(tmp_path / 'merged')
+    merged = model.JanusUMM(JanusForConditionalGeneration.from_pretrained(tmp_path / 'merged').eval(), umm.tok,
+                            caption_prompt='<caption>')
+    torch.testing.assert_close(merged.understand_loss(z, batch['questions'], batch['answers']), ours,
+                               rtol=1e-4, atol=1e-4)

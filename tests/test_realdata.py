@@ -85,13 +85,28 @@ def test_train_py_on_vqav2_files_with_captions(tmp_path):
     out = str(tmp_path / 'run')
     cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--backbone', 'tiny-janus', '--data', 'vqav2',
            '--questions', q, '--annotations', a, '--images', images, '--captions', captions, '--steps', '3',
-           '--batch-size', '4', '--filter', 'none', '--log-every', '1', '--val-size', '3', '--out_dir', out]
+           '--batch-size', '4', '--filter', 'none', '--log-every', '1', '--val-size', '3', '--out_dir', out,
+           '--merge-to', str(tmp_path / 'merged')]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
     assert len(rows) == 3 and all(row['images_skipped'] == 0 for row in rows)
     final = json.load(open(os.path.join(out, 'final.json')))
     assert 0 <= final['trained']['vqav2'] <= 1 and 'held-out VQAv2 accuracy (3 questions)' in r.stdout
+    from transformers import AutoTokenizer, JanusForConditionalGeneration
+    merged = JanusForConditionalGeneration.from_pretrained(tmp_path / 'merged')  # what other tools load
+    assert not any('lora' in n for n, _ in merged.named_parameters())
+    assert AutoTokenizer.from_pretrained(tmp_path / 'merged').convert_tokens_to_ids('<image_placeholder>') == \
+        merged.config.image_token_id
+
+
+def test_a_real_backbone_needs_a_real_judge_and_says_so_before_loading(tmp_path):
+    # no weights here: the message must come before the 7B would load (it names --judge, not missing weights)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--backbone', 'janus-pro-7b', '--eps', '0.02',
+                        '--out_dir', str(tmp_path / 'run')], capture_output=True, text=True, cwd=ROOT,
+                       env={**ENV, 'HF_HUB_OFFLINE': '1'}, timeout=300)
+    assert r.returncode == 2 and '--judge' in r.stderr and 'MODEL:LOCAL_FILE' in r.stderr and '--filter none' in \
+        r.stderr and 'Traceback' not in r.stderr, r.stderr[-1500:]
 
 
 @pytest.mark.parametrize('flags, message', [
