@@ -181,8 +181,8 @@ def main(name, argv):
           f"{e['tokens_per_row']} tokens per row")
     b = e['bytes_per_token_layer']
     print(f"measured on CPU at the true widths: LLM layer {b['llm'] / 1024:.1f} KiB per token "
-          f"({b['llm_checkpointed'] / 1024:.1f} KiB checkpointed; CPU attention adds {b['llm_attention_per_token2']:.0f}"
-          f" B per token^2, left out: GPU SDPA keeps O(T)); per image: VQ decoder "
+          f"({b['llm_checkpointed'] / 1024:.1f} KiB checkpointed; CPU attention adds "
+          f"{b['llm_attention_per_token2']:.0f} B per token^2, left out: GPU SDPA keeps O(T)); per image: VQ decoder "
           f"{e['bytes_per_image']['vq_decoder'] / GIB:.2f} GiB, generation head "
           f"{e['bytes_per_image']['generation_head'] / GIB:.3f} GiB, SigLIP layer "
           f"{e['bytes_per_image']['siglip_layer'] / GIB:.3f} GiB")
@@ -190,5 +190,6 @@ def main(name, argv):
         print(f"  phase {k:48} {v:7.1f} GiB")
     for k, v in e['parts'].items():
         print(f"{k:75} {v:7.1f} GiB")
-    print(f"{'estimated peak per GPU':75} {e['total']:7.1f} GiB of {e['gpu_gib']:g}\nfits: {'yes' if e['fits'] else 'no'}")
+    print(f"{'estimated peak per GPU':75} {e['total']:7.1f} GiB of {e['gpu_gib']:g}")
+    print(f"fits: {'yes' if e['fits'] else 'no'}")
     return e

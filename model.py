@@ -558,6 +558,43 @@ def count_parameters(name='janus-pro-7b', perturber_width=None, **lora):
 
 
 @torch.no_grad()
+def eps_probe(name='janus-pro-1b', eps=(0.005, 0.01, 0.02, 0.05, 0.1), batch=2, seed=0):
+    """What --eps does to Janus's candidates at full size, offline: the real architecture with random weights (no
+    checkpoint exists here), 384 px shapes scenes, regen with delta of norm eps * rms (train.py's random-noise
+    ablation, the norm C's gate sets) on the post-LLM image states. Per eps: the share of the 576 VQ codes that
+    change, and the mean change of U's CE on the re-encoded candidate. Random weights: the numbers show the scale
+    works at the true sizes, not what the trained model does."""
+    import time
+    import data
+    from perturber import Perturber
+    torch.manual_seed(seed)
+    hub, arch = JANUS_PRO[name]
+    t0 = time.time()
+    tok = janus_word_tokenizer()  # the real vocabulary size, a word-level tokenizer over the shapes' words
+    config = janus_config(arch, image_token_id=tok.convert_tokens_to_ids('<image_placeholder>'))
+    umm = JanusUMM(JanusForConditionalGeneration(config).eval(), tok)
+    ds = data.ShapesVQA('val', batch)
+    b = data.collate([ds[i] for i in range(batch)])
+    x = F.interpolate(b['images'], size=umm.image_size, mode='bilinear').clamp(0, 1)
+    codes = umm.image_codes(x)                                                                 # (B, 576)
+    states = umm.gen_states(codes, b['questions']).float()                                     # (B, 576, H)
+    clean = umm.pick(umm.gen_logits(states), 0.0)
+    ce0 = umm.understand_loss(umm.encode(umm.render(clean)), b['questions'], b['answers'])
+    rms = Perturber.token_rms(states)
+    print(f"{name} (random weights), {batch} scenes at {umm.image_size} px, {codes.shape[1]} codes; post-LLM state "
+          f"rms {rms.mean():.1f}; built and one clean pass in {time.time() - t0:.0f}s")
+    rows = []
+    for e in eps:
+        delta = e * rms * F.normalize(torch.randn_like(states), dim=-1)                          # ||delta_i|| = e rms
+        picked = umm.pick(umm.gen_logits(states + delta), 0.0)
+        ce = umm.understand_loss(umm.encode(umm.render(picked)), b['questions'], b['answers'])
+        rows.append(dict(eps=e, codes_changed=(picked != clean).float().mean().item(),
+                         delta_ce=(ce - ce0).mean().item()))
+        print(f"eps {e:<6} codes changed {rows[-1]['codes_changed']:.3f}   U's CE change {rows[-1]['delta_ce']:+.4f}")
+    return rows
+
+
+@torch.no_grad()
 def bench_decode(batch=16, reps=3, seed=0):
     """Wall time per candidate of `regen` and `t2i` on tiny-janus (16 x 16 codes, the same batch, C applied), and of
     their LLM parts alone (the teacher-forced pass vs the autoregressive loop). The best of `reps` runs, seconds."""
@@ -590,6 +627,8 @@ if __name__ == '__main__':
     p.add_argument('--batch', type=int, default=16, help='candidates per decode call in --bench-decode')
     p.add_argument('--count', choices=list(JANUS_PRO), help='meta-device parameter counts of this architecture')
     p.add_argument('--perturber-width', type=int, default=None, help='width of C for --count (default: H)')
+    p.add_argument('--eps-probe', choices=list(JANUS_PRO), metavar='NAME',
+                   help='random-weight NAME at full size on CPU: share of VQ codes and change of CE against --eps')
     p.add_argument('--memory', choices=list(JANUS_PRO), metavar='NAME',
                    help=f"estimate peak GPU memory of a train.py run of NAME ({', '.join(JANUS_PRO)}); train.py's "
                         f"flags after it (memory.py; --memory NAME --help lists them)")
@@ -604,6 +643,8 @@ if __name__ == '__main__':
         t = bench_decode(args.batch)
         print(', '.join(f"{k} {1e3 * v:.2f} ms" for k, v in t.items()) + ' per candidate (best of 3)\n'
               f"regen is {t['t2i'] / t['regen']:.1f}x faster than t2i; LLM alone {t['t2i_llm'] / t['regen_llm']:.1f}x")
+    if args.eps_probe:
+        eps_probe(args.eps_probe)
     if args.count:
         n = count_parameters(args.count, args.perturber_width)
         print(f"{args.count}: base {n['base']:,}, LoRA {n['lora']:,} (r={LORA_DEFAULTS['r']}, "

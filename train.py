@@ -391,7 +391,7 @@ def noise(z):
 
 def chunks(n):
     """Row slices of the micro-batches of an n-row pass (--micro-batch; 0: one slice of all n rows)."""
-    m = args.micro_batch or n
+    m = args.micro_batch or max(n, 1)
     return [slice(i, min(i + m, n)) for i in range(0, n, m)]
 
 
