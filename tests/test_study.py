@@ -39,6 +39,8 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
     md = open(os.path.join(out, 'study.md')).read()
     assert '| full − sft (95% CI) |' in md and '| pgd − sft (95% CI) |' in md and '| sft |' in md
     assert 'does NOT resolve' in md and result['control_resolves'] is False  # one seed has no interval: no verdict
+    assert '| sft − base (95% CI) |' in md and 'Headroom: SFT moves the base beyond' in md  # item 5, asked every time
+    assert json.load(open(os.path.join(out, 'full', 'seed0', 'config.json')))['lora_targets'].endswith('down_proj')
     cost = result['cost']  # the phases add up to the step, and only the game spends time challenging and mining
     for row in cost.values():
         assert abs(sum(row['ms_per_phase'].values()) - row['ms_per_step']) < 1e-3 * row['ms_per_step']
@@ -51,3 +53,10 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     assert [os.stat(p).st_mtime_ns for p in kept] == stamps  # nothing was trained or scored again
+
+
+def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path):
+    for flags, message in ((['--rows', 'full,fulll'], '--rows: unknown fulll'), (['--split', 'train'], '--split')):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, 'study.py'), '--out_dir', str(tmp_path), *flags],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-1000:]
