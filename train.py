@@ -8,9 +8,12 @@ C's candidates), and rebuilding the tiny-toy base (Eq. 3; about 24 min on 2 core
     python train.py --mode sft --out_dir out/sft
     python train.py --mode pgd --out_dir out/pgd            # or --mode augment
     python train.py --mode pretrain --seed 0 --out_dir weights/tiny-toy
-One GPU, and eight GPUs (DDP; each rank keeps its own buffer):
-    python train.py --backbone janus-pro-7b --eps 0.02 --dtype bfloat16 --out_dir out/janus7b
-    torchrun --standalone --nproc_per_node=8 train.py --backbone janus-pro-7b --eps 0.02 --dtype bfloat16
+One GPU, and eight GPUs (DDP; each rank keeps its own buffer), on the paper's data (realdata.py); real backbones
+default to bf16, --micro-batch 4 and activation checkpointing, which `python model.py --memory janus-pro-7b` finds fit
+80 GB (never run here: no GPU, no weights):
+    python train.py --backbone janus-pro-7b --eps 0.02 --data vqav2 --questions Q.json --annotations A.json \
+        --images train2014/ --captions cc3m.tsv --judge ViT-L-14:/weights/clip.bin --out_dir out/janus7b
+    torchrun --standalone --nproc_per_node=8 train.py --backbone janus-pro-7b --eps 0.02 --data vqav2 ...
 """
 
 import argparse
