@@ -16,8 +16,8 @@ testbed in which the PGD control resolved on val (README, docs/study.md); the re
         --out_dir out/study_quick                      # a quick check of the plumbing (about 3 min)
 
 --jobs 2 (the default on 2 cores) trains and scores two runs at once, one thread each: these small models use a
-second thread poorly, so two runs side by side finish sooner than one after the other; step times in the cost table
-are then one thread's.
+second thread poorly (a UniGame step took 1.04 s on 2 threads, and 1.75 s each for two 1-thread runs side by side:
+1.2x the throughput, 2026-12-05); step times in the cost table are then one thread's.
 
 Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
 score.json) and an interrupted run resumes from its checkpoint. Results: OUT_DIR/study.json and OUT_DIR/study.md.
