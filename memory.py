@@ -32,6 +32,8 @@ import math
 
 import torch
 
+import model
+
 GIB = 2 ** 30
 
 
@@ -115,10 +117,9 @@ def render_and_head(cfg, grids=(3, 6)):
 
 
 def estimate(name='janus-pro-7b', batch_size=32, micro_batch=None, replay=16, hard_quantile=0.6,
-             activation_checkpointing='on', lora_r=16, lora_targets=('q_proj', 'k_proj', 'v_proj', 'o_proj'),
+             activation_checkpointing='on', lora_r=model.LORA_DEFAULTS['r'], lora_targets=model.LORA_TARGETS,
              perturber_width=None, attack='decoded', captions=False, gpu_gib=80, **_):
     """The peak estimate in GiB, by part, for one rank's step of train.py with these flags."""
-    import model
     from perturber import Perturber
     micro = micro_batch if micro_batch is not None else model.default_micro_batch(name)
     umm = model.build_janus(name, meta=True).add_lora(r=lora_r, targets=lora_targets)
@@ -167,14 +168,13 @@ def main(name, argv):
     p.add_argument('--replay', type=int, default=16, help='train.py --replay')
     p.add_argument('--hard-quantile', type=float, default=0.6, help='train.py --hard-quantile')
     p.add_argument('--activation-checkpointing', default='on', choices=['on', 'off'], help='train.py flag')
-    p.add_argument('--lora-r', type=int, default=16, help='train.py --lora-r')
-    p.add_argument('--lora-targets', default='q_proj,k_proj,v_proj,o_proj', help='train.py --lora-targets')
+    p.add_argument('--lora-r', type=int, default=model.LORA_DEFAULTS['r'], help='train.py --lora-r')
+    p.add_argument('--lora-targets', default=','.join(model.LORA_TARGETS), help='train.py --lora-targets')
     p.add_argument('--perturber-width', type=int, default=None, help='train.py --perturber-width')
     p.add_argument('--attack', default='decoded', choices=['decoded', 'token'], help='train.py --attack')
     p.add_argument('--captions', action='store_true', help='count the T2I pass of train.py --captions')
     p.add_argument('--gpu-gib', type=float, default=80, help='the GPU memory to fit, GiB (80: one H100 / A100)')
     a = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     e = estimate(name, **{**vars(a), 'lora_targets': tuple(a.lora_targets.split(','))})
     print(f"{name}, batch {a.batch_size} + {e['rows_understand'] - a.batch_size} hard rows in U's step, micro-batch "
           f"{e['micro_batch'] or 'none'}, activation checkpointing {a.activation_checkpointing}, bf16, "

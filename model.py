@@ -631,7 +631,8 @@ if __name__ == '__main__':
                    help='random-weight NAME at full size on CPU: share of VQ codes and change of CE against --eps')
     p.add_argument('--memory', choices=list(JANUS_PRO), metavar='NAME',
                    help=f"estimate peak GPU memory of a train.py run of NAME ({', '.join(JANUS_PRO)}); train.py's "
-                        f"flags after it (memory.py; --memory NAME --help lists them)")
+                        f"flags after it: --batch-size, --micro-batch, --replay, --activation-checkpointing, --lora-r, "
+                        f"--lora-targets, --perturber-width, --attack, --captions, --gpu-gib (memory.py)")
     args, rest = p.parse_known_args()
     if rest and not args.memory:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
