@@ -377,19 +377,19 @@ class HFImageEncoder(torch.nn.Module):
 
 
 def load_encoder(kind, where):
-    """'clip': open_clip MODEL:LOCAL_FILE (as buffer.Judge); 'siglip' / 'dino': a local transformers directory."""
-    path = where.split(':', 1)[-1] if kind == 'clip' else where
-    if not (os.path.isfile(path) if kind == 'clip' else os.path.isdir(path)):
-        example = {'clip': 'ViT-L-14:/data/vit_l14.bin', 'siglip': '/data/siglip-so400m-patch14-384',
-                   'dino': '/data/dinov2-base'}[kind]
-        raise FileNotFoundError(f"{kind} weights not found at {path!r}: pass --{kind} "
-                                f"{'MODEL:LOCAL_FILE (an open_clip checkpoint)' if kind == 'clip' else 'DIR'} "
-                                f"(e.g. {example}), downloaded on a machine with network and copied here")
+    """'clip': open_clip MODEL:LOCAL_FILE or local-dir:DIR (buffer.Judge); 'siglip' / 'dino': a transformers DIR."""
     if kind == 'clip':
         from buffer import Judge
-        return Judge.from_pretrained(*where.split(':', 1)).eval()
+        try:
+            return Judge.from_pretrained(where).eval()
+        except FileNotFoundError as e:  # names the file and what to pass; here, under which flag
+            raise FileNotFoundError(f"--clip: {e}") from None
+    if not os.path.isdir(where):
+        example = {'siglip': '/data/siglip-so400m-patch14-384', 'dino': '/data/dinov2-base'}[kind]
+        raise FileNotFoundError(f"{kind} weights not found at {where!r}: pass --{kind} DIR (e.g. {example}), "
+                                f"downloaded on a machine with network and copied here")
     from transformers import AutoModel
-    net = AutoModel.from_pretrained(path, local_files_only=True)
+    net = AutoModel.from_pretrained(where, local_files_only=True)
     size = getattr(getattr(net.config, 'vision_config', net.config), 'image_size', 224) if kind == 'siglip' else 224
     norm = ((0.5,) * 3, (0.5,) * 3) if kind == 'siglip' else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     return HFImageEncoder(net, size, *norm).eval()  # DINOv2 at its processor's 224 crop size; ImageNet mean/std

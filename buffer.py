@@ -275,13 +275,20 @@ class Judge(nn.Module):
         return cls(model, tok, config)
 
     @classmethod
-    def from_pretrained(cls, model_name: str, pretrained: str) -> "Judge":
-        """A real CLIP (e.g. 'ViT-B-32') from a LOCAL checkpoint file; never reaches for the network."""
-        if not os.path.isfile(pretrained):
-            raise FileNotFoundError(f"judge checkpoint not found: {pretrained!r}. Download the open_clip weights for "
-                                    f"{model_name} on a machine with network and pass the local file path.")
-        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-        return cls(model.eval(), open_clip.get_tokenizer(model_name))
+    def from_pretrained(cls, spec: str) -> "Judge":
+        """A real CLIP from local files, never the network: 'MODEL:FILE' (an open_clip model name and its checkpoint,
+        e.g. 'ViT-B-32:/weights/clip.bin') or 'local-dir:DIR' (open_clip_config.json beside the weights, as in a
+        downloaded open_clip hub folder). Anything else raises FileNotFoundError saying what to pass."""
+        name, _, where = spec.partition(':')
+        local = name == 'local-dir'
+        found = os.path.isfile(os.path.join(where, 'open_clip_config.json')) and any(
+            f.endswith(('.safetensors', '.bin', '.pth')) for f in os.listdir(where)) if local else os.path.isfile(where)
+        if not found:
+            raise FileNotFoundError(
+                f"no CLIP at {spec!r}: pass an open_clip MODEL:FILE (e.g. ViT-B-32:/weights/clip.bin) or local-dir:DIR "
+                f"(a folder with open_clip_config.json and its weights), downloaded on a machine with network")
+        model, _, _ = open_clip.create_model_and_transforms(spec if local else name, pretrained=None if local else where)
+        return cls(model.eval(), open_clip.get_tokenizer(spec if local else name))
 
     def save(self, path: str) -> None:
         """One file, written atomically; plain types only, so Judge.load works with weights_only=True."""

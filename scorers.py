@@ -7,7 +7,7 @@ here can be compared with published ones. Each function names its source in a co
   VQAv2 / AdVQA  GT-Vision-Lab/VQA       PythonEvaluationTools/vqaEvaluation/vqaEval.py (master, Python 3)
   POPE           AoiDragon/POPE          evaluate.py
   NaturalBench   Baiqi-Li/NaturalBench   naturalbench_vqa.py (extract_answer, get_scores)
-  MMBench        open-compass/VLMEvalKit vlmeval/utils/matching_util.py (can_infer) and
+  MMBench        open-compass/VLMEvalKit vlmeval/utils/matching_util.py (can_infer, at a67ace50) and
                                          vlmeval/dataset/utils/multiple_choice.py (circular evaluation)
   MMMU           MMMU-Benchmark/MMMU     eval/eval_utils.py and eval/data_utils.py
 
@@ -237,7 +237,7 @@ def mmbench_rotate(options: list[str], answer: str, shift: int) -> tuple[list[st
     return options[shift % n:] + options[:shift % n], chr(ord('A') + (a - shift) % n)
 
 
-# VLMEvalKit matching_util.py can_infer_option
+# VLMEvalKit matching_util.py can_infer_option at a67ace50 (#1552; unchanged through 2cf2a36c)
 def _mmbench_option(answer, choices):
     if 'Failed to obtain answer via API' in answer:
         return None
@@ -245,31 +245,35 @@ def _mmbench_option(answer, choices):
                   "I'm sorry, but without the image provided", 'Cannot determine the answer')
     if any(r in answer for r in rejections):
         return 'Z'
-    for c in '.()[],:;!*#{}':
-        answer = answer.replace(c, ' ')
-    tokens = answer.split()
+    tokens = answer.translate(str.maketrans('.()[],:;!*#{}', ' ' * 13)).split()
     hits = [ch for ch in choices if ch in tokens]
-    if len(hits) == 1:
+    if len(hits) == 1 and tokens.index(hits[0]) > len(tokens) - 5:  # first seen among the last four tokens
         return hits[0]
-    return 'Z' if not hits and 'Z' in tokens else None
+    if not hits and 'Z' in tokens:
+        return 'Z'
+    said = re.search(r'answer\s+is\s+\**([A-D])', answer, re.IGNORECASE)  # no boundary: "answer is dog" -> D
+    return said[1].upper() if said and said[1].upper() in choices else None
 
 
-# VLMEvalKit matching_util.py can_infer_text
+# VLMEvalKit matching_util.py can_infer_text at a67ace50
 def _mmbench_text(answer, choices):
-    hits = [k for k, v in choices.items() if str(v).lower() in answer.lower()]
+    answer = answer.lower()
+    if len(answer) > 2 * sum(len(str(v)) for v in choices.values()):  # long answers name options in passing
+        return None
+    hits = [k for k, v in choices.items() if str(v).lower() in answer]
     return hits[0] if len(hits) == 1 else None
 
 
 # VLMEvalKit matching_util.py can_infer (the rule-based "prefetch" step)
 def mmbench_extract(prediction: str, choices: dict[str, str]) -> str | None:
-    """The option letter a prediction names, or None if the rules cannot tell (VLMEvalKit can_infer).
+    """The option letter a prediction names, or None if the rules cannot tell (VLMEvalKit can_infer at a67ace50).
 
-    First the letters: punctuation .()[],:;!*#{} becomes spaces; if exactly one choice letter is a whole token it wins
-    (so "A dog" answers A). Then the texts: if exactly one option text occurs in the prediction (case-insensitive),
-    its letter. Known refusals and a lone "Z" give 'Z' (never right). GPT-based matching, which VLMEvalKit runs on
-    what the rules leave, is not done: such a pass counts as wrong, as in VLMEvalKit's exact-matching mode.
-    Follows the long-standing revision; later ones add a "letter among the last 5 tokens" guard and skip text
-    matching for predictions over twice the options' total length.
+    Letters first (punctuation .()[],:;!*#{} as spaces): the only choice letter present as a whole token wins if it
+    first appears among the last four tokens ("A dog" answers A); else the first "answer is X" (any case, X in A-D).
+    Then texts, for predictions at most twice the options' total length: exactly one option text occurring
+    (case-insensitive) gives its letter. Refusals and a lone "Z" give 'Z' (never right). VLMEvalKit's GPT matching of
+    what is left is not done (counted wrong, as in its exact-matching mode). Older revisions lack the "answer is X"
+    rule (added in a67ace50) and, before c3371551, both guards.
     """
     return _mmbench_option(str(prediction), choices) or _mmbench_text(str(prediction), choices)
 

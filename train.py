@@ -106,8 +106,9 @@ p.add_argument('--filter', default='clip', choices=['clip', 'cosine', 'none'],
                help='semantic filter: judge text-image (clip), candidate-original image cosine, or none; its score is '
                     'calibrated on clean pairs: 0 = as similar as another scene, 1 = as the clean decode G(z)')
 p.add_argument('--judge', default=None,
-               help="the filter's CLIP: a judge.pt (default: <init>/judge.pt, the toy's) or an open_clip "
-                    "MODEL:LOCAL_FILE, e.g. ViT-B-32:/weights/open_clip_vit_b32.bin (real backbones)")
+               help="the filter's CLIP: a judge.pt (default: <init>/judge.pt, the toy's), or for real backbones an "
+                    "open_clip MODEL:LOCAL_FILE (e.g. ViT-B-32:/weights/open_clip_vit_b32.bin) or local-dir:DIR "
+                    "(open_clip_config.json and weights, e.g. a downloaded laion/CLIP-ViT-B-32-laion2B-s34B-b79K)")
 p.add_argument('--min-sim', type=float, default=0.6,
                help='drop candidates whose calibrated similarity is below this (paper: 0.6; --min-sim=-1e9 keeps '
                     'every one)')
@@ -225,9 +226,13 @@ judge_path = args.judge or (os.path.join(args.init, 'judge.pt') if args.backbone
 judge_path = judge_path if args.mode == 'unigame' and args.filter != 'none' and args.space == 'decoded' else None
 if judge_path == '':
     fail('--judge', f"--filter {args.filter} on {args.backbone} needs a real CLIP: pass an open_clip "
-                    f"MODEL:LOCAL_FILE (e.g. ViT-B-32:/weights/open_clip_vit_b32.bin), or use --filter none")
-if judge_path and not (os.path.isfile(judge_path) or os.path.isfile(judge_path.split(':', 1)[-1])):
-    fail('--judge', f"no judge at {judge_path!r}; pass a judge.pt, an open_clip MODEL:LOCAL_FILE, or --filter none")
+                    f"MODEL:LOCAL_FILE (e.g. ViT-B-32:/weights/open_clip_vit_b32.bin) or local-dir:DIR, "
+                    f"or use --filter none")
+if judge_path and not os.path.isfile(judge_path):  # not a toy judge.pt: an open_clip CLIP, found before U loads
+    try:
+        judge = Judge.from_pretrained(judge_path)
+    except FileNotFoundError as e:
+        fail('--judge', f"{e}; or a judge.pt, or --filter none")
 # the reader that checks the filter from outside the game: the toy's scenes only
 reader_path = args.reader or (scene_reader.PATH if args.backbone == 'tiny-toy' and args.data == 'shapes' else 'none')
 reader = None
@@ -307,16 +312,12 @@ if (args.activation_checkpointing or ('off' if args.backbone.startswith('tiny-')
     umm.checkpoint_activations()
 C = Perturber(umm.hidden_size, args.perturber_width, args.eps).to(device)
 unigame = args.mode == 'unigame'
-judge = None
-if judge_path and os.path.isfile(judge_path):  # the semantic filter's CLIP
+if judge_path and os.path.isfile(judge_path):  # the semantic filter's CLIP: a toy judge.pt
     try:
         judge = Judge.load(judge_path, map_location=device)
     except ValueError as e:  # truncated or not a judge: one line naming the file
         fail('--judge', str(e))
-elif judge_path and ':' in judge_path:
-    judge = Judge.from_pretrained(*judge_path.split(':', 1)).to(device)
-elif judge_path:
-    fail('--judge', f"no judge at {judge_path!r} (the base in --init has none); pass one or use --filter none")
+judge = judge.to(device) if judge_path else None
 buffer = HardBuffer(args.buffer_size, space=args.space) if unigame and args.buffer_size > 0 else None
 u_params, c_params = umm.understanding_parameters(), list(C.parameters())
 opt_u = torch.optim.AdamW(u_params, lr=args.und_lr, weight_decay=0.0)

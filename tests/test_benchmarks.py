@@ -343,7 +343,7 @@ def test_unifiedbench_with_the_tiny_toy_and_a_tiny_judge(tmp_path, tiny_toy):
 
 
 @pytest.mark.parametrize('kind, where, match', [
-    ('clip', 'ViT-L-14:/nowhere/clip.bin', r"clip weights not found at '/nowhere/clip.bin': pass --clip MODEL:LOCAL"),
+    ('clip', 'ViT-L-14:/nowhere/clip.bin', r"--clip: no CLIP at 'ViT-L-14:/nowhere/clip.bin': pass an open_clip"),
     ('siglip', '/nowhere/siglip', r"siglip weights not found at '/nowhere/siglip': pass --siglip DIR"),
     ('dino', '/nowhere/dino', r"dino weights not found at '/nowhere/dino': pass --dino DIR"),
 ])

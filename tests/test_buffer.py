@@ -308,7 +308,7 @@ def test_from_pretrained_loads_a_local_file_offline(tmp_path, monkeypatch):
     torch.manual_seed(0)
     ref = open_clip.create_model("ViT-S-32", pretrained=None)  # random weights, ~60M params, no download
     torch.save(ref.state_dict(), tmp_path / "clip.pt")
-    judge = Judge.from_pretrained("ViT-S-32", str(tmp_path / "clip.pt"))
+    judge = Judge.from_pretrained(f"ViT-S-32:{tmp_path / 'clip.pt'}")
     assert torch.equal(judge.model.visual.conv1.weight, ref.visual.conv1.weight) and judge.image_size == (224, 224)
     with torch.no_grad():
         assert judge.image_text_similarity(torch.rand(2, 3, 64, 48), ["a red square", "blue"]).shape == (2,)
@@ -317,7 +317,9 @@ def test_from_pretrained_loads_a_local_file_offline(tmp_path, monkeypatch):
 def test_from_pretrained_missing_file_names_path(tmp_path):
     missing = str(tmp_path / "no_such_clip.bin")
     with pytest.raises(FileNotFoundError, match="no_such_clip.bin"):
-        Judge.from_pretrained("ViT-B-32", missing)
+        Judge.from_pretrained(f"ViT-B-32:{missing}")
+    with pytest.raises(FileNotFoundError, match="local-dir:DIR"):
+        Judge.from_pretrained(f"local-dir:{tmp_path}")  # a folder without open_clip_config.json
 
 
 def test_token_space_buffer_keeps_float_tokens_and_round_trips():

@@ -222,6 +222,24 @@ def test_mmbench_extract(prediction, expected):
     assert S.mmbench_extract(prediction, CHOICES) == expected
 
 
+# VLMEvalKit a67ace50 can_infer_option: a letter wins alone and among the last four tokens; otherwise the first
+# "answer is X" (any case, X in A-D, optional ** around it) decides; can_infer_text then skips predictions longer than
+# twice the option texts together (here 2 * 12 = 24 characters)
+@pytest.mark.parametrize('prediction, expected', [
+    ('A is wrong; the answer is C', 'C'),                         # two letters -> the one after "answer is"
+    ('A and B are close, but the correct answer is **D**.', 'D'),  # three letters; the bold marks are allowed
+    ('A and B are both wrong; the answer is c', 'C'),             # the pattern ignores case
+    ('A and B are wrong; the answer is dog', 'D'),                # no word boundary after X: "d(og)" reads as D
+    ('A or B: it is the dog, I would say, on balance', None),     # no "answer is"; 46 chars > 24: no text step
+    ('B is my pick here', None),                                  # B is 5th from the end; no option text
+    ('A dog is sitting next to the barn', None),                  # A is 7th from the end; 33 chars: no text step
+])
+def test_mmbench_extract_several_letters(prediction, expected):
+    """Rules of VLMEvalKit a67ace50 (#1552, unchanged through 2cf2a36c): the "answer is X" fallback (first four cases),
+    the length guard on text matching (fifth and last) and the last-four-tokens guard (last two), from c3371551."""
+    assert S.mmbench_extract(prediction, CHOICES) == expected
+
+
 def test_mmbench_circular_all_or_nothing():
     def passes(predictions):  # the right option is always "dog"
         return [(p, dict(zip('ABCD', S.mmbench_rotate(OPTS, 'B', k)[0])), S.mmbench_rotate(OPTS, 'B', k)[1])

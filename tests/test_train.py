@@ -185,6 +185,45 @@ def test_the_filter_scale_puts_zero_at_a_one_word_edit(base, tmp_path):
     assert zeros['scene'][1] < zeros['edit'][1] < zeros['edit'][0]
 
 
+@pytest.fixture(scope='module')
+def open_clip_dir(tmp_path_factory):
+    """A real-CLIP judge as a user passes one, built offline: open_clip's CLIP class at a tiny config with open_clip's
+    own BPE tokenizer, in the layout of a downloaded open_clip hub folder (open_clip_config.json beside
+    open_clip_pytorch_model.bin), taught on train captions for 150 steps (about 20 s) so that it can be calibrated."""
+    import contextlib
+    import io
+    import open_clip
+    from buffer import Judge
+    d = tmp_path_factory.mktemp('clip')
+    cfg = dict(embed_dim=64, vision_cfg=dict(image_size=36, layers=2, width=64, head_width=32, patch_size=6),
+               text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=2))
+    (d / 'open_clip_config.json').write_text(json.dumps(dict(model_cfg=cfg)))
+    torch.manual_seed(0)
+    judge = Judge(open_clip.create_model(f'local-dir:{d}'), open_clip.get_tokenizer(f'local-dir:{d}'))
+    toy_umm.train_judge(judge, data.ShapesVQA('train', 2000), steps=150, batch_size=32, lr=2e-3, seed=0,
+                        ctx=contextlib.nullcontext(), metrics=io.StringIO(), n_negatives=1)
+    torch.save(judge.model.state_dict(), d / 'open_clip_pytorch_model.bin')
+    return str(d)
+
+
+def test_an_open_clip_judge_from_a_local_folder_filters_the_candidates(base, open_clip_dir, tmp_path):
+    """--judge local-dir:DIR loads the folder's CLIP (not the base's judge.pt), calibrates the filter's scale on it and
+    gates the candidates with its scores: at --min-sim=-1e9 it rejects none, at --min-sim 1e9 every one."""
+    rejected = {}
+    for min_sim in ('-1e9', '1e9'):
+        out = str(tmp_path / min_sim)
+        r = run('--init', base, '--out_dir', out, '--steps', '2', '--judge', f'local-dir:{open_clip_dir}',
+                f'--min-sim={min_sim}', *FAST)
+        assert any(l.startswith('filter scale') for l in r.stdout.splitlines()), r.stdout[-1000:]
+        rows = metrics(out)
+        assert len(rows) == 2 and all(r['L_C'] is not None for r in rows)
+        rejected[min_sim] = [r['filter_reject'] for r in rows]
+    assert rejected == {'-1e9': [0.0, 0.0], '1e9': [1.0, 1.0]}
+    bad = run('--init', base, '--out_dir', str(tmp_path / 'bad'), '--steps', '1', '--judge',
+              f'local-dir:{tmp_path}', *FAST, ok=False)  # a folder without open_clip_config.json: one clear line
+    assert bad.returncode == 2 and 'Traceback' not in bad.stderr and 'open_clip_config.json' in bad.stderr
+
+
 def test_k_candidates_per_sample_are_mined(base, tmp_path):
     """--candidates 2 with random noise: each sample's two candidates differ, all 2B are scored and can be kept."""
     out = str(tmp_path / 'k2')
