@@ -3,6 +3,7 @@ identical weights, bad flags fail early naming the flag, non-finite losses stop 
 Run: python -m pytest -q tests/test_train.py   (about two minutes on 2 cores: it starts train.py several times)"""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -354,6 +355,25 @@ def test_two_ddp_ranks_keep_identical_weights(base, tmp_path):
     r0, r1 = (torch.load(os.path.join(out, f'rank{r}.pt'), weights_only=True) for r in (0, 1))
     assert r0['weights_sha256'] == r1['weights_sha256']
     assert r0['buffer']['questions'] and r0['buffer']['questions'] != r1['buffer']['questions']  # own data, own B
+
+
+@pytest.mark.parametrize('backbone', ['tiny-toy', 'tiny-janus'])
+def test_a_nan_on_one_ddp_rank_is_skipped_by_both(base, tmp_path, backbone):
+    """U's loss NaN on rank 1 only, for a few calls (tests/nan_on_one_rank.py): both ranks skip the same updates, the
+    run neither hangs nor diverges, and the ranks still hold identical weights at the end."""
+    out = str(tmp_path / 'ddp')
+    flags = ['--init', base] if backbone == 'tiny-toy' else ['--backbone', 'tiny-janus', '--filter', 'none']
+    env = {**os.environ, 'NAN_CALLS': '4:6'}  # calls 4-6: in the challenge, mining and understand steps of step 1
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        os.path.join(ROOT, 'tests', 'nan_on_one_rank.py'), os.path.join(ROOT, 'train.py'), *flags,
+                        '--out_dir', out, '--steps', '3', '--min-sim=-1e9', *FAST],
+                       capture_output=True, text=True, cwd=ROOT, env={**env, 'OMP_NUM_THREADS': '1'}, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'non-finite L_U at step 1' in r.stdout + r.stderr  # rank 0's loss was finite: the decision was shared
+    r0, r1 = (torch.load(os.path.join(out, f'rank{r}.pt'), weights_only=True) for r in (0, 1))
+    assert r0['weights_sha256'] == r1['weights_sha256']
+    rows = metrics(out)
+    assert [row['step'] for row in rows] == [0, 2] and all(math.isfinite(row['L_U']) for row in rows)
 
 
 @pytest.mark.parametrize('flags, named', [
