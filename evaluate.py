@@ -32,9 +32,11 @@ def _ordered(right, total) -> dict:
     return {k: right[k] / total[k] for k in sorted(total, key=lambda k: ('all', *data.QTYPES).index(k))}
 
 
-def _batches(dataset, batch_size):
+def _batches(dataset, batch_size, device='cpu'):
+    """Collated batches with the images on `device`: the model's (or the judge's), which need not be the CPU."""
     for start in range(0, len(dataset), batch_size):
-        yield data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        b = data.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        yield {**b, 'images': b['images'].to(device)}
 
 
 @torch.no_grad()
@@ -44,7 +46,7 @@ def accuracy(umm, dataset, batch_size=256, transform=None) -> dict:
     was_training = umm.training
     umm.eval()
     right, total = defaultdict(int), defaultdict(int)
-    for batch in _batches(dataset, batch_size):
+    for batch in _batches(dataset, batch_size, umm.device):
         images = batch['images'] if transform is None else transform(batch['images'])
         predictions = umm.answer(umm.encode(images), batch['questions'])
         for p, a, t in zip(predictions, batch['answers'], batch['qtypes']):
@@ -92,7 +94,7 @@ def pgd_accuracy(umm, dataset, eps=8 / 255, steps=10, step_size=2 / 255, batch_s
     always leave x unchanged, so a sample counts only if it is right on both (as AutoAttack counts it); this can never
     exceed clean accuracy, and equals it at eps = 0."""
     right = 0
-    for b in _batches(dataset, batch_size):
+    for b in _batches(dataset, batch_size, umm.device):
         x, q, a = b['images'], b['questions'], b['answers']
         x_adv = pgd_attack(umm, x, q, a, eps, steps, step_size)
         with torch.no_grad():
@@ -116,7 +118,7 @@ def natural_scores(umm, groups, batch_size=256) -> dict:
                 truth.append(int(g['answers'][i][q] == 'yes'))
     predictions = []
     for s in range(0, len(images), batch_size):
-        predictions += umm.answer(umm.encode(torch.stack(images[s:s + batch_size])), questions[s:s + batch_size])
+        predictions += umm.answer(umm.encode(torch.stack(images[s:s + batch_size]).to(umm.device)), questions[s:s + batch_size])
     pattern = (1, 0, 0, 1)
     cells = [pattern[k % 4] if scorers.naturalbench_extract(p) == t else 1 - pattern[k % 4]
              for k, (p, t) in enumerate(zip(predictions, truth))]
@@ -132,7 +134,7 @@ def consistency(umm, dataset, judge=None, batch_size=250) -> dict:
     with x by every image encoder at hand: the toy's judge (CLIP image-image cosine) and the UMM's own encoder
     (cosine of the mean-pooled z), then their mean. Also the share of captions that are exactly right (U's half)."""
     sims, exact = defaultdict(list), 0
-    for b in _batches(dataset, batch_size):
+    for b in _batches(dataset, batch_size, umm.device):
         x = b['images']
         captions = umm.caption(x)
         x_hat = umm.generate(captions)                                            # (B, 3, s, s)
@@ -151,7 +153,7 @@ def t2i_ranking(umm, judge, dataset, batch_size=256) -> float:
     """Share of captions whose text-to-image picture the judge finds closer to the captioned scene than to another
     scene (the next one in the split, which is a random draw): image-image cosine in the judge's embedding."""
     wins = []
-    for batch in _batches(dataset, batch_size):
+    for batch in _batches(dataset, batch_size, umm.device):
         generated, x = umm.generate(batch['captions']), batch['images']
         wins.append(judge.image_image_similarity(generated, x) > judge.image_image_similarity(generated, x.roll(1, 0)))
     return torch.cat(wins).float().mean().item()
@@ -162,7 +164,7 @@ def edit_ranking(judge, dataset, batch_size=256, seed=0) -> float:
     """Share of images the judge finds closer to their own caption than to the caption with one shape or colour word
     changed (data.hard_negative, drawn from `seed`): how well the buffer's filter can see a label-breaking edit."""
     rng, wins = np.random.default_rng(seed), []
-    for batch in _batches(dataset, batch_size):
+    for batch in _batches(dataset, batch_size, judge.mean.device):
         x, captions = batch['images'], batch['captions']
         edits = [data.hard_negative(c, rng) for c in captions]
         wins.append(judge.image_text_similarity(x, captions) > judge.image_text_similarity(x, edits))
@@ -174,10 +176,10 @@ def save_reconstructions(umm, dataset, path, n=8, scale=4):
     """A picture: n originals (top row) over their reconstructions G(Enc(x)) (middle) and T2I from their captions
     (bottom), each scaled up `scale` times."""
     from PIL import Image
-    batch = data.collate([dataset[i] for i in range(n)])
+    batch = next(_batches(dataset, n, umm.device))
     x = batch['images']
     rows = [x, umm.render(umm.encode(x)), umm.generate(batch['captions'])]
-    grid = torch.cat([torch.cat(list(r.clamp(0, 1)), 2) for r in rows], 1)          # (3, 3 s, n s)
+    grid = torch.cat([torch.cat(list(r.clamp(0, 1).cpu()), 2) for r in rows], 1)    # (3, 3 s, n s)
     pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype('uint8')
     Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST).save(path)
 

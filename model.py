@@ -51,6 +51,10 @@ class UMM(nn.Module):
     hidden_size: int   # H, the width of the shared visual-token interface
     image_size: int    # side of the square images `encode` expects, in pixels
 
+    @property
+    def device(self):  # where the weights are: callers move images there (evaluate.py, train.py)
+        return next(self.parameters()).device
+
     def encode(self, images):                           # (B, 3, s, s) in [0, 1] -> z (B, N, H)
         raise NotImplementedError
 

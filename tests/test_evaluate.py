@@ -14,6 +14,7 @@ from PIL import Image
 
 import data
 import evaluate
+import model
 import toy_umm
 from buffer import HardBuffer, Judge
 
@@ -256,3 +257,42 @@ def test_pgd_accuracy_counts_only_samples_right_before_and_after_the_attack():
     x_adv = evaluate.pgd_attack(Brighter(), torch.full((4, 3, 4, 4), 0.49), ['q'] * 4, ['yes'] * 4, eps=0.1)
     assert Brighter().answer(x_adv, ['q'] * 4) == ['yes'] * 4  # the "attack" made every answer right ...
     assert evaluate.pgd_accuracy(Brighter(), items, eps=0.1) == 0.0  # ... which does not count: clean was wrong
+
+
+class OnMeta(model.UMM):
+    """A stand-in UMM whose weights sit on the meta device (a device that is not the default, as a GPU would be): it
+    records where each image batch reaches it and answers 'yes', so evaluate's loops can be checked to feed the model
+    on its own device. Its outputs that evaluate reads back (.item(), strings) come from shapes only."""
+    hidden_size, image_size = 4, 36
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(4, device='meta'))
+        self.seen = []
+
+    def encode(self, images):                                            # (B, 3, s, s) -> (B, 1, 4) on meta
+        self.seen.append(images.device.type)
+        return images.mean((1, 2, 3))[:, None, None] * self.w
+
+    def understand_loss(self, z, questions, answers):
+        return z.float().sum((1, 2))
+
+    def answer(self, z, questions, max_new_tokens=4):
+        return ['yes'] * len(questions)
+
+    def caption(self, images, max_new_tokens=48):
+        self.seen.append(images.device.type)
+        return ['a scene'] * len(images)
+
+    def generate(self, prompts):
+        return torch.zeros(len(prompts), 3, 36, 36, device=self.device)
+
+
+def test_evaluation_feeds_the_model_on_its_own_device():
+    """accuracy, natural_scores and the PGD attack move the CPU-built batches to the model's device."""
+    umm = OnMeta()
+    evaluate.accuracy(umm, data.ShapesVQA('val', 4))
+    evaluate.natural_scores(umm, data.NaturalGroups('val', 2))
+    b = next(evaluate._batches(data.ShapesVQA('val', 2), 2, umm.device))
+    x_adv = evaluate.pgd_attack(umm, b['images'], b['questions'], b['answers'], steps=1)
+    assert umm.seen and set(umm.seen) == {'meta'} and x_adv.device.type == 'meta'
