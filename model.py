@@ -23,6 +23,7 @@ plus `understanding_parameters()` (what post-training updates: the LoRA adapters
 import functools
 import os
 import re
+import warnings
 
 import torch
 import torch.nn as nn
@@ -137,7 +138,18 @@ def from_pretrained(cls, name: str, what: str, **kwargs):
         f"could not load the {what} weights {name!r} ({type(error).__name__}: {str(error).splitlines()[0][:200]}).\n"
         f"Provide them one of three ways: pass a local directory holding the files (the flag for the {what}), put them "
         f"in the Hugging Face cache (HF_HOME, e.g. `huggingface-cli download {name}` on a machine with network), or "
-        f"use a tiny backbone (`--backbone tiny-toy` or `tiny-janus`), which needs no weights.")
+        f"use a tiny backbone (`--backbone tiny-toy` or `tiny-janus`), which needs no weights.") from error
+
+
+def peft_lora(module, r, alpha, dropout, targets):
+    """peft's LoRA on `targets` inside `module`. peft (0.21.2, the newest) reads transformers' deprecated
+    `is_gradient_checkpointing` when it wraps a model, one FutureWarning per call since transformers 5.23: silenced
+    here only, until peft reads `is_activation_checkpointing`."""
+    from peft import LoraConfig, get_peft_model
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', '`is_gradient_checkpointing` is deprecated', FutureWarning)
+        return get_peft_model(module, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                                 target_modules=list(targets)))
 
 
 # -----------------------------------------------------------------------------
@@ -179,7 +191,9 @@ JANUS_SPECIALS = ('<pad>', '<unk>', '<bos>', '<eos>', '<|User|>', '<|Assistant|>
 
 
 class JanusUMM(UMM):
-    """The UMM contract on JanusForConditionalGeneration; `decode` renders candidates by `regen` (default) or `t2i`."""
+    """The UMM contract on JanusForConditionalGeneration; `decode` renders candidates by `regen` (default) or `t2i`.
+    The LM reads the ids JanusProcessor builds with the hub's chat template (tests/test_janus.py compares them):
+    `system` is its use_default_system_prompt (DEFAULT_SYSTEM_PROMPT on the hub checkpoints, '' on tiny-janus)."""
 
     def __init__(self, janus, tokenizer, system='', caption_prompt='Describe this image.', decode='regen',
                  gen_temperature=None, cfg_scale=5.0):
@@ -274,9 +288,8 @@ class JanusUMM(UMM):
         embeds, mask, pos = self._embeds([self._prompt(p) for p in prompts], z)
         cache, out, done = None, [], torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
         for _ in range(max_new_tokens):
-            o = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=True)
-            cache, nxt = o.past_key_values, self.janus.lm_head(o.last_hidden_state[:, -1]).argmax(-1)  # (B,)
+            o = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+            cache, nxt = o.cache, self.janus.lm_head(o.last_hidden_state[:, -1]).argmax(-1)  # (B,)
             out.append(nxt.masked_fill(done, self.eos))
             done |= nxt == self.eos
             if done.all():
@@ -356,9 +369,8 @@ class JanusUMM(UMM):
         embeds, mask, pos = self._embeds(cond + uncond)                                        # (2B, L, H)
         cache, codes, deltas = None, [], []
         for t in range(self.grid ** 2):
-            o = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                        use_cache=True)
-            cache = o.past_key_values
+            o = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+            cache = o.cache
             c, u = self.gen_logits(o.last_hidden_state[:, -1:]).chunk(2)                       # (B, 1, V) each
             codes.append(self.pick(u + s * (c - u), T))                                        # (B, 1)
             if t == self.grid ** 2 - 1:
@@ -406,10 +418,8 @@ class JanusUMM(UMM):
 
     def add_lora(self, r=LORA_DEFAULTS['r'], alpha=LORA_DEFAULTS['alpha'], dropout=LORA_DEFAULTS['dropout'],
                  targets=LORA_TARGETS):
-        from peft import LoraConfig, get_peft_model
-        self.requires_grad_(False)
-        self.janus.model.language_model = get_peft_model(  # targets are matched inside the LLM only, not SigLIP
-            self.lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets)))
+        self.requires_grad_(False)  # targets are matched inside the LLM only, not SigLIP
+        self.janus.model.language_model = peft_lora(self.lm, r, alpha, dropout, targets)
         return self
 
     # ---- export: the adapter for plain peft on the whole JanusForConditionalGeneration, or merged weights ----------
@@ -463,20 +473,37 @@ def janus_config(lm, vision=None, vq=None, image_token_id=100581):
                        image_token_id=image_token_id, tie_word_embeddings=False)
 
 
-def build_janus(name='janus-pro-7b', dtype=torch.bfloat16, meta=False, decode='regen', gen_temperature=None, **_):
-    """Janus-Pro from a registry name, a hub id or a local dir, weights in `dtype` (--dtype). meta=True builds a
-    registry name's architecture on the meta device from JANUS_PRO, offline and without weights or tokenizer."""
+def build_janus(name='janus-pro-7b', dtype=torch.bfloat16, meta=False, decode='regen', gen_temperature=None,
+                device=None, **_):
+    """Janus-Pro from a registry name, a hub id or a local dir, weights in `dtype` (--dtype) loaded straight onto
+    `device` (each torchrun rank its own GPU, no full copy per rank in host RAM); every checkpoint key must match.
+    meta=True builds a registry name's architecture on the meta device from JANUS_PRO, offline, without weights."""
     hub, arch = JANUS_PRO.get(name, (name, None))
     if meta:
         if arch is None:
             raise ValueError(f"meta builds need one of {', '.join(JANUS_PRO)}, got {name!r}")
         with torch.device('meta'):
             return JanusUMM(JanusForConditionalGeneration(janus_config(arch)), None)
-    config = from_pretrained(AutoConfig, hub, 'Janus-Pro (--backbone)')
+    what = 'Janus-Pro (--backbone)'
+    try:
+        config = from_pretrained(AutoConfig, hub, what)
+    except MissingWeights as e:  # files found, in DeepSeek's own format (their `janus` package)?
+        if 'multi_modality' not in str(e.__cause__):
+            raise
+        raise ValueError(
+            f"{name!r} is DeepSeek's original Janus format (model_type 'multi_modality'); transformers "
+            f"reads converted checkpoints: pass deepseek-community/Janus-Pro-7B (or -1B), or convert it with "
+            f"transformers' src/transformers/models/janus/convert_janus_weights_to_hf.py --repo_id "
+            f"deepseek-ai/Janus-Pro-7B --local_dir {hub} --output_dir OUT and pass OUT") from e.__cause__
     if config.model_type != 'janus':
         raise ValueError(f"--backbone {name!r} holds a {config.model_type!r} model; a hub id or directory must hold a "
                          f"transformers Janus checkpoint (model_type 'janus', e.g. deepseek-community/Janus-Pro-7B)")
-    janus = from_pretrained(JanusForConditionalGeneration, hub, 'Janus-Pro (--backbone)', dtype=dtype)
+    janus, info = from_pretrained(JanusForConditionalGeneration, hub, what, dtype=dtype, output_loading_info=True,
+                                  **({} if device is None else {'device_map': {'': device}}))
+    bad = [f"{k.replace('_', ' ')} ({len(v)}): {', '.join(map(str, sorted(v)[:5]))}{', ...' * (len(v) > 5)}"
+           for k, v in info.items() if k in ('missing_keys', 'unexpected_keys', 'mismatched_keys') and v]
+    if bad:  # transformers would only log them and leave the missing weights at random
+        raise ValueError(f"{name!r} does not match JanusForConditionalGeneration: {'; '.join(bad)}")
     tok = from_pretrained(AutoTokenizer, hub, 'Janus-Pro tokenizer (--backbone)')
     return JanusUMM(janus, tok, DEFAULT_SYSTEM_PROMPT, 'Describe this image in detail.', decode, gen_temperature)
 
@@ -484,13 +511,16 @@ def build_janus(name='janus-pro-7b', dtype=torch.bfloat16, meta=False, decode='r
 def janus_word_tokenizer():
     """tiny-janus's tokenizer: word level over data.VOCAB and ':', with Janus's special tokens, built offline."""
     import data
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate((*JANUS_SPECIALS, ':', *data.VOCAB))}, '<unk>'))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix='##', cleanup=False)  # joins words with single spaces
     tok.add_special_tokens([AddedToken(s, special=True) for s in JANUS_SPECIALS])  # split out before the words
+    tok.post_processor = processors.TemplateProcessing(single='<bos> $A', special_tokens=[('<bos>', 2)])  # as Llama's
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token='<pad>', unk_token='<unk>', bos_token='<bos>',
-                                   eos_token='<eos>')
+                                   eos_token='<eos>', extra_special_tokens=dict(  # the names JanusProcessor reads
+                                       image_token='<image_placeholder>', boi_token='<begin_of_image>',
+                                       eoi_token='<end_of_image>'))
 
 
 def build_tiny_janus(decode='regen', gen_temperature=None, **_):

@@ -35,7 +35,7 @@ from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLTextConfig, Qwen2_5
 import data
 import evaluate
 from buffer import Judge
-from model import LORA_DEFAULTS, LORA_TARGETS, UMM, from_pretrained
+from model import LORA_DEFAULTS, LORA_TARGETS, UMM, from_pretrained, peft_lora
 
 SPECIALS = ('<pad>', '<unk>', '<eos>', '<answer>', '<caption>', '<image>')
 # the tiny-toy base the repository ships (base.pt + judge.pt, about 5 MB), so that every machine post-trains the same
@@ -301,10 +301,8 @@ class ToyUMM(UMM):
 
     def add_lora(self, r=LORA_DEFAULTS['r'], alpha=LORA_DEFAULTS['alpha'], dropout=LORA_DEFAULTS['dropout'],
                  targets=LORA_TARGETS):
-        from peft import LoraConfig, get_peft_model
         self.requires_grad_(False)
-        self.lm = get_peft_model(self.lm, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                                                     target_modules=list(targets)))
+        self.lm = peft_lora(self.lm, r, alpha, dropout, targets)
         return self
 
 

@@ -297,9 +297,13 @@ if args.mode == 'pretrain':
 torch.manual_seed(args.seed)  # same init on every rank: trainable weights start (and stay) identical
 try:
     umm = model.load_backbone(args.backbone, init=args.init or None, dtype=ptdtype, decode=args.decode,
-                              decoder=args.decoder, gen_temperature=args.gen_temperature).to(device)
+                              decoder=args.decoder, gen_temperature=args.gen_temperature, device=device).to(device)
 except toy_umm.BaseError as e:  # a missing, truncated or foreign base.pt: one line naming the file and the fix
     fail('--init', str(e).removeprefix('--init '))
+except model.MissingWeights as e:  # no weights on this machine: says the three ways to provide them
+    fail('--backbone', str(e))
+except ValueError as e:  # DeepSeek's original format, or checkpoint keys that do not match the architecture
+    fail('--backbone', str(e))
 try:
     targets = model.lora_targets(args.lora_targets)
 except ValueError as e:

@@ -1,6 +1,7 @@
 """Janus-Pro on transformers' JanusForConditionalGeneration, proven on `tiny-janus` (the same classes, a tiny random
 config, CPU, no weights): the answer loss equals transformers' own forward, delta reaches the LLM and C, regen and t2i
-shapes and determinism, LoRA-only gradients, the registry's errors, and the 7B architecture on the meta device.
+shapes and determinism, LoRA-only gradients, the registry's errors, the 7B architecture on the meta device, prompt
+ids equal to JanusProcessor's, strict loading onto a given device, and no deprecation warnings.
 Run: python -m pytest -q tests/test_janus.py"""
 
 import pytest
@@ -161,6 +162,7 @@ def test_janus_pro_7b_on_the_meta_device():
     assert n['perturber'] == 2 * 4096 * 256 + 256 ** 2 + 2 * 256 + 4096 + 1 and n['trainable_share'] < 0.01
 
 
+@pytest.mark.filterwarnings('ignore:`is_gradient_checkpointing`:FutureWarning')  # plain peft: see model.peft_lora
 def test_the_adapter_loads_with_plain_peft_and_the_merged_dir_with_from_pretrained(tmp_path, batch):
     from peft import PeftModel
     from transformers import JanusForConditionalGeneration
@@ -190,3 +192,96 @@ def test_the_adapter_loads_with_plain_peft_and_the_merged_dir_with_from_pretrain
                             caption_prompt='<caption>')
     torch.testing.assert_close(merged.understand_loss(z, batch['questions'], batch['answers']), ours,
                                rtol=1e-4, atol=1e-4)
+
+
+# The role format of the hub checkpoints' chat template (deepseek-community/Janus-Pro-*, chat_template.jinja; not in
+# the pip package), for the turns used here, written as a small template of our own: "<|User|>: " then an image's
+# <image_placeholder> and a newline, the text, a blank line; "<|Assistant|>:" (then " " and the answer).
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}<|User|>: {% for c in m['content'] %}"
+                 "{{ '<image_placeholder>\\n' if c['type'] == 'image' else c['text'] }}{% endfor %}{{ '\\n\\n' }}"
+                 "{% else %}<|Assistant|>: {{ m['content'][0]['text'] }}{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}<|Assistant|>:{% endif %}")
+
+
+@pytest.mark.parametrize('system', [False, True])  # tiny-janus; the hub checkpoints (use_default_system_prompt)
+def test_prompt_ids_equal_what_janus_processor_builds(umm, system):
+    """The ids the LM reads (BOS, system prompt, roles, <boi> N x <image_placeholder> <eoi>) are those transformers'
+    JanusProcessor builds with the hub's role format (CHAT_TEMPLATE), for a question with an image, the question
+    plus its answer (ours: ' a' tokenized alone, then <eos>, the hub template's separator after an assistant turn)
+    and a t2i prompt. The word-level tokenizer reads DEFAULT_SYSTEM_PROMPT's words as <unk>: its text is
+    transformers' own. Not checked: the hub template itself, which is not here (only its role format, above)."""
+    from transformers import JanusImageProcessor, JanusProcessor
+    from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
+    ours = model.JanusUMM(umm.janus, umm.tok, DEFAULT_SYSTEM_PROMPT if system else '')
+    proc = JanusProcessor(JanusImageProcessor(size={'height': 32, 'width': 32}), umm.tok, CHAT_TEMPLATE,
+                          use_default_system_prompt=system, num_image_tokens=umm.grid ** 2)
+    q, a = PROMPTS[1], 'yes'
+    user = {'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': q}]}
+
+    def ids(messages, **kw):  # the template's text (a generation prompt after a user turn), then the processor
+        text = proc.apply_chat_template(messages, add_generation_prompt=messages[-1]['role'] == 'user')
+        return proc(text=text, **kw)['input_ids'][0].tolist()
+    image = torch.rand(3, 32, 32)
+    assert ours._prompt(q) == ids([user], images=[image])
+    answer = {'role': 'assistant', 'content': [{'type': 'text', 'text': a}]}
+    assert ours._prompt(q) + ours._ids(' ' + a) == ids([user, answer], images=[image])  # then our <eos>
+    t2i = {'role': 'user', 'content': [{'type': 'text', 'text': PROMPTS[0]}]}
+    assert ours._t2i_prompt(PROMPTS[0]) == ids([t2i], generation_mode='image')  # no system prompt, then <boi>
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    """tiny-janus saved as a hub directory: config, weights, tokenizer."""
+    torch.manual_seed(0)
+    umm, d = model.build_tiny_janus(), tmp_path_factory.mktemp('tiny-janus')
+    umm.janus.save_pretrained(d)
+    umm.tok.save_pretrained(d)
+    return d
+
+
+def test_loading_is_strict_and_names_the_keys(saved, tmp_path):
+    import shutil
+    from safetensors.torch import load_file, save_file
+    for change, match in [('drop', r'missing keys \(1\): lm_head\.weight'), ('add', r'unexpected keys.*extra\.w')]:
+        d = tmp_path / change
+        shutil.copytree(saved, d)
+        weights = load_file(d / 'model.safetensors')
+        if change == 'drop':
+            del weights['lm_head.weight']
+        else:
+            weights['extra.w'] = torch.zeros(1)
+        save_file(weights, d / 'model.safetensors', metadata={'format': 'pt'})
+        with pytest.raises(ValueError, match=match):
+            model.load_backbone(str(d), dtype=torch.float32)
+    # DeepSeek's original format: say what to download or convert, not "missing weights"
+    (tmp_path / 'original').mkdir()
+    (tmp_path / 'original' / 'config.json').write_text('{"model_type": "multi_modality"}')
+    with pytest.raises(ValueError, match='original.*deepseek-community/Janus-Pro-7B.*convert_janus_weights_to_hf'):
+        model.load_backbone(str(tmp_path / 'original'))
+
+
+def test_weights_load_straight_onto_the_given_device(saved, monkeypatch):
+    """Each torchrun rank passes its device: transformers puts every tensor there as it reads it (device_map), so
+    no rank holds a full copy in host RAM first. On a CPU-only machine the device is the CPU."""
+    from transformers import JanusForConditionalGeneration
+    device = 'cuda:0' if torch.cuda.is_available() else 'cpu'
+    seen, load = {}, JanusForConditionalGeneration.from_pretrained
+    monkeypatch.setattr(JanusForConditionalGeneration, 'from_pretrained',
+                        lambda *a, **k: seen.update(k) or load(*a, **k))  # records the keywords
+    umm = model.load_backbone(str(saved), dtype=torch.float32, device=device)
+    assert seen['device_map'] == {'': device} and {p.device for p in umm.parameters()} == {torch.device(device)}
+
+
+def test_a_run_prints_no_deprecation_warnings(batch):
+    """Build, LoRA, activation checkpointing, a loss, greedy answers and t2i (both KV-cache loops): transformers and
+    peft raise no FutureWarning or DeprecationWarning on the pinned versions."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        umm = model.load_backbone('tiny-janus').add_lora().checkpoint_activations()
+        z = umm.encode(batch['images'][:2])
+        umm.understand_loss(z, batch['questions'][:2], batch['answers'][:2]).sum().backward()
+        with torch.no_grad():
+            umm.eval().answer(z, batch['questions'][:2], max_new_tokens=2)
+            umm.t2i_codes(PROMPTS[:1])
+    assert not [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
