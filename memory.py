@@ -62,13 +62,13 @@ def fit(sizes, measured):
 def llm_layer(cfg, targets, r, checkpointing, lengths=(16, 32)):
     """One Llama decoder layer at the true width with LoRA: (bytes per token, bytes per token^2) it keeps. Short
     sequences suffice (what a layer keeps grows as a + b T) and keep bf16 on a CPU without bf16 units bearable."""
-    from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaModel
     t = cfg.text_config
     one = LlamaConfig(hidden_size=t.hidden_size, intermediate_size=t.intermediate_size, num_hidden_layers=1,
                       num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
-                      vocab_size=8, max_position_embeddings=max(lengths))
-    lm = get_peft_model(LlamaModel(one).to(torch.bfloat16), LoraConfig(r=r, target_modules=list(targets)))
+                      vocab_size=8, max_position_embeddings=max(lengths), use_cache=False)
+    lora = model.LORA_DEFAULTS  # train.py's alpha and dropout (dropout keeps a mask per LoRA input)
+    lm = model.peft_lora(LlamaModel(one).to(torch.bfloat16), r, lora['alpha'], lora['dropout'], targets)
     lm.train()
     if checkpointing:
         lm.base_model.model.activation_checkpointing_enable(activation_checkpointing_kwargs={'use_reentrant': False})

@@ -249,9 +249,9 @@ def main():
         moved = {k: paired_interval([base[v]] * seeds, [s[v] for s in scores['sft'][:seeds]]) for k, v in
                  metrics.items()}
         main_table += diff_row('sft − base', seeds, moved)
-        beyond = [k for k, (m, h) in moved.items() if abs(m) > h]  # nan-safe: one seed has no interval
-        verdicts.append(f"Headroom: SFT moves the base beyond the 95% interval over seeds on "
-                        f"{', '.join(beyond) if beyond else 'no metric'}.")
+        beyond = {w: [k for k, (m, h) in moved.items() if sign * m > h] for w, sign in (('up', 1), ('down', -1))}
+        verdicts.append("Headroom: SFT moves the base beyond the 95% interval over seeds " + '; '.join(
+            f"{w} on {', '.join(ks) if ks else 'no metric'}" for w, ks in beyond.items()) + '.')  # nan-safe
         diffs = {n: {k: paired_interval([s[v] for s in scores['sft'][:seeds]], [s[v] for s in scores[n][:seeds]])
                      for k, v in metrics.items()} for n in compared if n != 'sft'}
         for n, diff in diffs.items():
