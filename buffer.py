@@ -258,6 +258,10 @@ class Judge(nn.Module):
         self.register_buffer("std", torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1),
                              persistent=False)
 
+    @property
+    def device(self):  # where the judge scores: callers move images there
+        return self.mean.device
+
     @classmethod
     def tiny(cls, vocab: list[str], image_size: int = 36, patch_size: int = 6, width: int = 64, layers: int = 2,
              embed_dim: int = 64, context_length: int = 48) -> "Judge":

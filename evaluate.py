@@ -164,7 +164,7 @@ def edit_ranking(judge, dataset, batch_size=256, seed=0) -> float:
     """Share of images the judge finds closer to their own caption than to the caption with one shape or colour word
     changed (data.hard_negative, drawn from `seed`): how well the buffer's filter can see a label-breaking edit."""
     rng, wins = np.random.default_rng(seed), []
-    for batch in _batches(dataset, batch_size, judge.mean.device):
+    for batch in _batches(dataset, batch_size, judge.device):
         x, captions = batch['images'], batch['captions']
         edits = [data.hard_negative(c, rng) for c in captions]
         wins.append(judge.image_text_similarity(x, captions) > judge.image_text_similarity(x, edits))

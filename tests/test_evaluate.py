@@ -21,6 +21,7 @@ from buffer import HardBuffer, Judge
 
 class Oracle:
     """A stand-in generator that draws exactly the scene of each caption (or, with shift=1, the previous one)."""
+    device = torch.device('cpu')  # where evaluate puts the images (UMM.device, Judge.device)
 
     def __init__(self, dataset, shift=0):
         self.by_caption = {c: dataset[i]['image'] for i, c in enumerate(dataset.captions)}
@@ -50,6 +51,7 @@ def test_t2i_ranking_counts_wins_against_another_scene():
 class CaptionJudge:
     """A stand-in judge that scores an image 1 with its scene's own caption and 0 with any other text (or, with
     inverted=True, the other way round)."""
+    device = torch.device('cpu')  # where evaluate puts the images (UMM.device, Judge.device)
 
     def __init__(self, dataset, inverted=False):
         self.caption_of = {dataset[i]['image'].numpy().tobytes(): c for i, c in enumerate(dataset.captions)}
@@ -212,6 +214,7 @@ def test_bad_paths_fail_naming_the_path_and_what_was_expected(tmp_path):
 
 class Lookup:
     """A stand-in U that answers from a table {(image bytes, question): answer}, or 'yes' to everything."""
+    device = torch.device('cpu')  # where evaluate puts the images (UMM.device, Judge.device)
 
     def __init__(self, table=None):
         self.table = table
@@ -241,6 +244,7 @@ def test_natural_scores_count_a_group_only_when_all_four_answers_are_right():
 class Brighter:
     """A stand-in U that says 'yes' when the image is brighter than 0.5 and whose loss (oddly) rises with brightness,
     so ascending the loss makes the image brighter: the attack turns a wrong answer right."""
+    device = torch.device('cpu')  # where evaluate puts the images (UMM.device, Judge.device)
 
     def encode(self, x):
         return x
