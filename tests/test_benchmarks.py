@@ -10,6 +10,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -271,9 +272,9 @@ def test_geneval_layout_from_tiny_toy(tmp_path, tiny_toy):
         folder = tmp_path / 'out' / f'{n:05d}'
         assert json.load(open(folder / 'metadata.jsonl')) == line   # evaluate_images.py reads it with json.load
         assert sorted(os.listdir(folder / 'samples')) == ['0000.png', '0001.png', '0002.png']
-    saved = torch.tensor(list(Image.open(tmp_path / 'out' / '00001' / 'samples' / '0000.png').getdata()))
+    saved = torch.from_numpy(np.array(Image.open(tmp_path / 'out' / '00001' / 'samples' / '0000.png')))  # (s, s, 3)
     expected = tiny_toy.generate(['a red dog'])[0]  # the toy's generate is deterministic
-    assert torch.allclose(saved.T.reshape(expected.shape).float() / 255, expected, atol=1 / 255)
+    assert torch.allclose(saved.permute(2, 0, 1).float() / 255, expected, atol=1 / 255)
 
 
 def test_wise_layout_named_by_prompt_id_and_resumes(tmp_path, tiny_toy):
