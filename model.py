@@ -667,12 +667,22 @@ if __name__ == '__main__':
                    help=f"estimate peak GPU memory of a train.py run of NAME ({', '.join(JANUS_PRO)}); train.py's "
                         f"flags after it: --batch-size, --micro-batch, --replay, --activation-checkpointing, --lora-r, "
                         f"--lora-targets, --perturber-width, --attack, --captions, --gpu-gib (memory.py)")
+    smoke_names = [*JANUS_PRO, 'toy', 'tiny-janus', 'tiny-toy']
+    p.add_argument('--smoke', choices=smoke_names, metavar='NAME',
+                   help=f"full-size smoke run on CPU of NAME ({', '.join(smoke_names)}): its architecture with random "
+                        f"weights, saved and loaded as a user's, regen vs t2i per candidate, one train.py UniGame "
+                        f"step; flags after it: --dtype, --layers, --batch-size, --device (smoke.py)")
     args, rest = p.parse_known_args()
-    if rest and not args.memory:
+    if rest and not (args.memory or args.smoke):
         p.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.memory and args.smoke:
+        p.error("--memory and --smoke each read the flags after them: give one")
     if args.memory:
         import memory
         memory.main(args.memory, rest)
+    if args.smoke:
+        import smoke
+        smoke.main(args.smoke, rest)
     if args.bench_decode:
         torch.set_num_threads(1)  # stable timings on a shared CPU; two threads fight over small ops
         t = bench_decode(args.batch)

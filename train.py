@@ -57,6 +57,9 @@ p.add_argument('--decode', default='regen', choices=['regen', 't2i'],
 p.add_argument('--decoder', default='vae', choices=['vae', 'diffusion'],
                help="toy G: vae (one-step VAE decode of adapter(z)) or diffusion (SD-1.5 UNet img2img conditioned on "
                     "adapter(z) by cross-attention; never trained here, so shape-tested only)")
+for part in ('siglip', 'qwen', 'sd'):
+    p.add_argument(f'--toy-{part}', default=None,
+                   help=f"--backbone toy: its {part} part, a local dir or hub id (default: toy_umm.build_toy's hub id)")
 p.add_argument('--gen-temperature', type=float, default=None,
                help='Janus image-code sampling temperature; 0 = argmax (default: 0 for regen, 1 for t2i)')
 # data
@@ -295,9 +298,11 @@ if args.mode == 'pretrain':
 # -----------------------------------------------------------------------------
 # the UMM with LoRA on U, the perturber C, the judge, the buffer B, one optimizer each for U and C
 torch.manual_seed(args.seed)  # same init on every rank: trainable weights start (and stay) identical
+toy_parts = {k: getattr(args, f'toy_{k}') for k in ('siglip', 'qwen', 'sd') if getattr(args, f'toy_{k}')}
 try:
     umm = model.load_backbone(args.backbone, init=args.init or None, dtype=ptdtype, decode=args.decode,
-                              decoder=args.decoder, gen_temperature=args.gen_temperature, device=device).to(device)
+                              decoder=args.decoder, gen_temperature=args.gen_temperature, device=device,
+                              **toy_parts).to(device)
 except toy_umm.BaseError as e:  # a missing, truncated or foreign base.pt: one line naming the file and the fix
     fail('--init', str(e).removeprefix('--init '))
 except model.MissingWeights as e:  # no weights on this machine: says the three ways to provide them
