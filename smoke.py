@@ -14,9 +14,9 @@ On a CPU without bf16 units (such as the 2 Zen-1 cores this was written on) the 
 Build: the published sizes, random init in --dtype, saved in a temporary dir with a word-level tokenizer that carries
 the special tokens the backbone reads (Janus: model.janus_word_tokenizer, its <image_placeholder> id the config's
 image_token_id; toy: toy_umm.word_tokenizer with the toy's marks), every id inside the LM's vocabulary. Load: Janus by
-model.load_backbone(DIR), train.py's `--backbone DIR`; the toy's parts as local dirs here, and in train.py as
-`--backbone toy` from a Hugging Face cache (HF_HOME, build_toy's hub ids, HF_HUB_OFFLINE=1): train.py has no flag for
-local toy parts. Every saved tensor must equal the loaded one. Decode: batch 1, C applied, one run each, no warm-up.
+model.load_backbone(DIR), train.py's `--backbone DIR`; the toy's parts as local dirs, by toy_umm.build_toy here and
+by `train.py --backbone toy --toy-siglip DIR --toy-qwen DIR --toy-sd DIR`. Every saved tensor must equal the loaded
+one. Decode: batch 1, C applied, one run each, no warm-up.
 Step: `train.py --steps 1 --filter none --micro-batch 1` on shapes scenes resized to the backbone's size, train.py's
 real-backbone defaults otherwise; phase seconds from its metrics.jsonl, peak resident memory from its final.json.
 
@@ -28,7 +28,6 @@ phase grows about linearly in N (one Janus-1B layer: ~7 s per 650-token forward 
 
 import argparse
 import contextlib
-import inspect
 import json
 import os
 import subprocess
@@ -58,9 +57,6 @@ SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, lat
                 sample_size=512, down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4)
 TOY_MARKS = ('Answer:', 'Caption:', 'Image:', 'Caption,', 'column', 'by', 'column:')  # build_toy's marks, as words
 SIZES = (*model.JANUS_PRO, 'toy', 'tiny-janus', 'tiny-toy')
-# what `train.py --backbone toy` loads: toy_umm.build_toy's default hub ids of siglip, qwen and sd
-TOY_HUB = {k: p.default for k, p in inspect.signature(toy_umm.build_toy).parameters.items()
-           if k in ('siglip', 'qwen', 'sd')}
 
 
 @contextlib.contextmanager
@@ -101,9 +97,9 @@ def build_janus(name, layers, dtype, out):
 
 
 def build_toy(name, layers, dtype, home):
-    """The toy's three parts at their published sizes (tiny-toy: toy_umm.TINY's), random init, saved in a Hugging Face
-    cache at `home` under the hub ids build_toy reads. Returns their state dict named as in ToyUMM, the number of
-    parameters saved and a line."""
+    """The toy's three parts at their published sizes (tiny-toy: toy_umm.TINY's), random init, saved in `home`/siglip,
+    qwen and sd (vae/ inside), the local dirs build_toy and train.py's --toy-* flags read. Returns their state dict
+    named as in ToyUMM, the number of parameters saved and a line."""
     from diffusers import AutoencoderKL
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Siglip2VisionConfig,
                               Siglip2VisionModel)
@@ -123,16 +119,15 @@ def build_toy(name, layers, dtype, home):
     text = dict(text, num_hidden_layers=layers or full, pad_token_id=tok.pad_token_id, bos_token_id=None,
                 eos_token_id=tok.eos_token_id)
     check_vocabulary(tok, text['vocab_size'])
-    hub = TOY_HUB
     with default_dtype(dtype):
         parts = dict(vision=Siglip2VisionModel(Siglip2VisionConfig(**siglip)),
                      qwen=Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
                          text_config=text, vision_config=vision, tie_word_embeddings=True)),
                      vae=AutoencoderKL(in_channels=3, out_channels=3, **vae))
-    parts['vision'].save_pretrained(hub_snapshot(home, hub['siglip']))
-    parts['qwen'].save_pretrained(hub_snapshot(home, hub['qwen']))
-    tok.save_pretrained(hub_snapshot(home, hub['qwen']))
-    parts['vae'].save_pretrained(os.path.join(hub_snapshot(home, hub['sd']), 'vae'))
+    parts['vision'].save_pretrained(os.path.join(home, 'siglip'))
+    parts['qwen'].save_pretrained(os.path.join(home, 'qwen'))
+    tok.save_pretrained(os.path.join(home, 'qwen'))
+    parts['vae'].save_pretrained(os.path.join(home, 'sd', 'vae'))
     state = {'vision.' + k: v for k, v in parts['vision'].state_dict().items()}
     state.update({'vae.' + k: v for k, v in parts['vae'].state_dict().items()})
     for k, v in parts['qwen'].state_dict().items():  # build_toy keeps the language model and lm_head, drops the rest
@@ -141,16 +136,7 @@ def build_toy(name, layers, dtype, home):
     n = sum(m.num_parameters() for m in parts.values())  # Qwen's vision tower included: saved, then dropped
     return state, n, (f"LM {text['num_hidden_layers']}/{full} layers, H {text['hidden_size']}, vocab "
                       f"{text['vocab_size']}; SigLIP2 {siglip['num_hidden_layers']} layers, {siglip['num_patches']} "
-                      f"tokens; VAE {len(vae['block_out_channels'])} levels; hub ids {', '.join(hub.values())}")
-
-
-def hub_snapshot(home, repo, revision='0' * 40):
-    """The folder a download of `repo` fills in a Hugging Face cache at `home` (HF_HOME), refs/main naming it."""
-    root = os.path.join(home, 'hub', 'models--' + repo.replace('/', '--'))
-    os.makedirs(os.path.join(root, 'refs'), exist_ok=True)
-    with open(os.path.join(root, 'refs', 'main'), 'w') as f:
-        f.write(revision)
-    return os.path.join(root, 'snapshots', revision)
+                      f"tokens; VAE {len(vae['block_out_channels'])} levels")
 
 
 def check_vocabulary(tok, vocab_size):
@@ -192,7 +178,7 @@ def decode_times(umm, janus, ctx):
 
 def train_step(backbone, args, env, out):
     """One step of train.py on the saved model, as a user runs it: its metrics row, final.json and wall time."""
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--backbone', backbone, '--steps', '1', '--filter', 'none',
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--backbone', *backbone, '--steps', '1', '--filter', 'none',
            '--batch-size', str(args.batch_size), '--micro-batch', '1', '--dtype', args.dtype, '--device', args.device,
            '--val-size', '0', '--train-size', '64', '--log-every', '1', '--out_dir', out]
     t = time.perf_counter()
@@ -237,11 +223,11 @@ def main(name, argv=()):
               f"{size / 2 ** 20:,.0f} MiB, {time.perf_counter() - t:.0f}s")
         t = time.perf_counter()
         if janus:  # exactly train.py's call for --backbone DIR
-            umm, backbone = model.load_backbone(d, dtype=dtype, decode='regen', device=args.device), d
-        else:  # train.py reads the hub ids from the cache; here the same snapshots as local dirs
-            hub = {k: hub_snapshot(d, v) for k, v in TOY_HUB.items()}
-            umm, backbone = toy_umm.build_toy(**hub).to(args.device), 'toy'
-            env.update(HF_HOME=d, HF_HUB_CACHE=os.path.join(d, 'hub'))
+            umm, backbone = model.load_backbone(d, dtype=dtype, decode='regen', device=args.device), [d]
+        else:  # the parts as local dirs, as `train.py --backbone toy --toy-siglip DIR ...` reads them
+            parts = {k: os.path.join(d, k) for k in ('siglip', 'qwen', 'sd')}
+            umm, backbone = toy_umm.build_toy(**parts).to(args.device), ['toy'] + [
+                a for k, v in parts.items() for a in (f'--toy-{k}', v)]
         state = umm.janus.state_dict() if janus else umm.state_dict()
         checked = same_weights(saved, state)
         print(f"  load ({'model.load_backbone(DIR)' if janus else 'toy_umm.build_toy(local dirs)'}): "
@@ -256,7 +242,7 @@ def main(name, argv=()):
         del umm  # train.py loads its own copy
         row, final, wall = train_step(backbone, args, env, os.path.join(tmp, 'run'))
     phases, precision = row['phase_time'], args.dtype + (' autocast' if dtype != torch.float32 else ', no autocast')
-    print(f"  one UniGame step (train.py --backbone {'DIR' if janus else 'toy from the HF_HOME cache'}, batch "
+    print(f"  one UniGame step (train.py --backbone {'DIR' if janus else 'toy --toy-siglip DIR ...'}, batch "
           f"{args.batch_size}, micro-batch 1, {precision}, {args.device}): "
           + ', '.join(f"{k} {v:.1f}s" for k, v in phases.items()) + f"; step {row['step_time']:.1f}s; accepted "
           f"{row['accepted']}, hard rows {row['hard_fresh']}, L_U {row['L_U']:.3f}, L_C {row['L_C']:.3f}")
