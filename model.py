@@ -84,10 +84,7 @@ class UMM(nn.Module):
         kwargs = {'use_reentrant': False}
         for m in self.modules():
             if isinstance(m, PreTrainedModel) and m.supports_gradient_checkpointing:
-                if hasattr(m, 'activation_checkpointing_enable'):  # transformers >= 5.2x; the old name warns
-                    m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-                else:
-                    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)  # the old name warns
         return self
 
     def eval_with_gradients(self):
