@@ -15,19 +15,16 @@ batch, the minimum similarity is 0.6 (here on the calibrated scale), and B holds
 The understand step replays entries of B mined at earlier steps next to clean data and this step's accepted
 candidates (Eq. 6, beta = 0.5).
 
-The Judge wraps open_clip's own CLIP class: a real checkpoint from a local file, or a tiny word-level CLIP that
-`train.py` trains from scratch on the synthetic captions, so the whole game runs on a CPU without downloads.
+The judge that gives s (a CLIP) is in judge.py.
 """
 
+import contextlib
 import math
-import os
-import re
 from dataclasses import dataclass
 
-import open_clip
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+import data
 
 
 def calibrate(pos: torch.Tensor, neg: torch.Tensor):
@@ -38,6 +35,47 @@ def calibrate(pos: torch.Tensor, neg: torch.Tensor):
         raise ValueError(f"the judge does not tell matched from mismatched pairs (mean {hi:.4f} vs {lo:.4f}); "
                          f"train or pass a real judge, or use --filter none")
     return lambda s: (s.float() - lo) / (hi - lo)
+
+
+class SemanticFilter:
+    """Eq. 4's s per candidate, on the calibrated scale: the judge's raw score (`clip`: text-image cosine with the
+    sample's caption; `cosine`: image-image cosine with the original; in token space, the mean token cosine with the
+    clean tokens), mapped by the scale `fit` measures on clean pairs. Calling it gives s, (B,) float32."""
+
+    def __init__(self, judge, kind: str, space: str = 'decoded'):
+        if kind not in ('clip', 'cosine') or space not in ('decoded', 'token'):
+            raise ValueError(f"a filter is clip or cosine over decoded images or tokens, got {kind!r} on {space!r}")
+        self.judge, self.kind, self.space, self.scale = judge, kind, space, None
+
+    def raw(self, candidates, originals, captions) -> torch.Tensor:
+        if self.kind == 'clip':
+            return self.judge.image_text_similarity(candidates, captions)                    # (B,)
+        if self.space == 'token':                                                            # (B, N, H) tokens
+            return torch.nn.functional.cosine_similarity(candidates.float(), originals.float(), dim=-1).mean(1)
+        return self.judge.image_image_similarity(candidates, originals)                      # (B,)
+
+    @torch.no_grad()
+    def fit(self, umm, batches, zero='scene', rng=None, ctx=contextlib.nullcontext()) -> tuple:
+        """Measure the scale on clean batches (dicts of images, questions, captions; umm in eval mode): 1 is the raw
+        score of the clean decode G(z) with its own caption (or original), 0 with that caption one shape or colour
+        word away (zero='edit': a candidate must stay nearer its label than an edited scene; `rng` draws the edits)
+        or with the next sample's caption or image ('scene'). Returns (mean raw score at 1, at 0)."""
+        pos, neg = [], []
+        for b in batches:
+            with ctx:
+                z = umm.encode(b['images'])                                                  # (B, N, H)
+                clean, ref = (umm.decode(b['images'], z, b['questions'])[0], b['images']) \
+                    if self.space == 'decoded' else (z, z)
+                c = b['captions']
+                pos.append(self.raw(clean, ref, c))
+                wrong = [data.hard_negative(t, rng) for t in c] if zero == 'edit' else c[1:] + c[:1]
+                neg.append(self.raw(clean, ref.roll(1, 0), wrong))                   # an edited caption, another scene
+        pos, neg = torch.cat(pos), torch.cat(neg)
+        self.scale = calibrate(pos, neg)
+        return pos.mean().item(), neg.mean().item()
+
+    def __call__(self, candidates, originals, captions) -> torch.Tensor:
+        return self.scale(self.raw(candidates, originals, captions))
 
 
 def hardness(ce: torch.Tensor, sim: torch.Tensor | None, tau: float, lam: float) -> torch.Tensor:
@@ -72,7 +110,7 @@ def select_hard(h: torch.Tensor, sim: torch.Tensor | None, min_sim: float, quant
     return keep
 
 
-def _check_images(images: torch.Tensor, name: str = "images", tol: float = 1e-3) -> None:
+def check_images(images: torch.Tensor, name: str = "images", tol: float = 1e-3) -> None:
     if not (torch.is_tensor(images) and images.is_floating_point() and images.dim() == 4 and images.shape[1] == 3):
         raise ValueError(f"{name} must be a float tensor (B, 3, h, w), got {getattr(images, 'shape', type(images))}")
     if images.numel() and (images.min() < -tol or images.max() > 1 + tol):
@@ -124,7 +162,7 @@ class HardBuffer:
         many survived the ranking. `ce` (B,), the CE part of `hardness`, lets rescore() keep the filter's part;
         `originals` (B, 3, h, w), the clean images they came from, are kept as uint8 for galleries."""
         if self.space == 'decoded':
-            _check_images(images)
+            check_images(images)
         elif not (torch.is_tensor(images) and images.is_floating_point() and images.dim() == 3):
             raise ValueError(f"a token-space buffer stores float tokens (B, N, H), "
                              f"got {getattr(images, 'shape', images)}")
@@ -224,137 +262,3 @@ class HardBuffer:
             raise ValueError(f"corrupt buffer state: {len(sd['images'])} entries, capacity {self.capacity}")
         self.entries = self._entries(sd)  # stored order = ranked order
         self.spent = self._entries(sd["spent"]) if "spent" in sd else []
-
-
-class WordTokenizer:
-    """Lowercased words -> ids. 0 = pad, 1 = <unk>, words from 2, EOT = the largest id (open_clip's 'argmax' pool)."""
-
-    def __init__(self, vocab: list[str], context_length: int):
-        self.vocab = list(dict.fromkeys(w.lower() for w in vocab))  # dedupe, keep order: ids are stable on reload
-        self.ids = {w: i + 2 for i, w in enumerate(self.vocab)}
-        self.eot, self.context_length = len(self.vocab) + 2, context_length
-        self.vocab_size = self.eot + 1
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)  # (B, L), 0 = pad
-        for i, t in enumerate(texts):
-            # words only: "shape?" and "shape" are the same token; long texts keep their first L-1 words
-            ids = [self.ids.get(w, 1) for w in re.findall(r"[\w']+", t.lower())][:self.context_length - 1]
-            out[i, :len(ids) + 1] = torch.tensor(ids + [self.eot])
-        return out
-
-
-class Judge(nn.Module):
-    """The semantic filter's scorer: an open_clip CLIP with its tokenizer and image preprocessing."""
-
-    def __init__(self, model: open_clip.model.CLIP, tokenizer, config: dict | None = None):
-        super().__init__()
-        self.model, self.tokenizer, self.config = model, tokenizer, config  # config: the tiny judge's, for save()
-        pp = getattr(model.visual, "preprocess_cfg", {})
-        size = pp.get("size", model.visual.image_size)
-        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        self.register_buffer("mean", torch.tensor(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(pp.get("std", open_clip.OPENAI_DATASET_STD)).view(1, 3, 1, 1),
-                             persistent=False)
-
-    @property
-    def device(self):  # where the judge scores: callers move images there
-        return self.mean.device
-
-    @classmethod
-    def tiny(cls, vocab: list[str], image_size: int = 36, patch_size: int = 6, width: int = 64, layers: int = 2,
-             embed_dim: int = 64, context_length: int = 48) -> "Judge":
-        """A ~250K-parameter CLIP with a word-level text side, trained from scratch by train.py (contrastive_loss)."""
-        config = dict(vocab=list(vocab), image_size=image_size, patch_size=patch_size, width=width, layers=layers,
-                      embed_dim=embed_dim, context_length=context_length)
-        tok = WordTokenizer(vocab, context_length)
-        model = open_clip.model.CLIP(
-            embed_dim,
-            open_clip.model.CLIPVisionCfg(layers=layers, width=width, head_width=32, patch_size=patch_size,
-                                          image_size=image_size),
-            open_clip.model.CLIPTextCfg(context_length=context_length, vocab_size=tok.vocab_size, width=width,
-                                        heads=max(1, width // 32), layers=layers),  # pool 'argmax' finds our EOT
-        )
-        return cls(model, tok, config)
-
-    @classmethod
-    def from_pretrained(cls, spec: str) -> "Judge":
-        """A real CLIP from local files, never the network: 'MODEL:FILE' (an open_clip model name and its checkpoint,
-        e.g. 'ViT-B-32:/weights/clip.bin') or 'local-dir:DIR' (open_clip_config.json beside the weights, as in a
-        downloaded open_clip hub folder). Anything else raises FileNotFoundError saying what to pass."""
-        name, _, where = spec.partition(':')
-        local = name == 'local-dir'
-        found = os.path.isfile(os.path.join(where, 'open_clip_config.json')) and any(
-            f.endswith(('.safetensors', '.bin', '.pth')) for f in os.listdir(where)) if local else os.path.isfile(where)
-        if not found:
-            raise FileNotFoundError(
-                f"no CLIP at {spec!r}: pass an open_clip MODEL:FILE (e.g. ViT-B-32:/weights/clip.bin) or local-dir:DIR "
-                f"(a folder with open_clip_config.json and its weights), downloaded on a machine with network")
-        model, _, _ = open_clip.create_model_and_transforms(spec if local else name, pretrained=None if local else where)
-        return cls(model.eval(), open_clip.get_tokenizer(spec if local else name))
-
-    def save(self, path: str) -> None:
-        """One file, written atomically; plain types only, so Judge.load works with weights_only=True."""
-        if self.config is None:
-            raise ValueError("only a tiny judge can be saved; a pretrained one is rebuilt from its checkpoint file")
-        tmp = f"{path}.tmp"
-        torch.save(dict(config=self.config, state_dict=self.model.state_dict()), tmp)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str, map_location="cpu") -> "Judge":
-        """A tiny judge saved by `save`. A truncated or foreign file raises ValueError naming it, not a torch trace."""
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-            judge = cls.tiny(**payload["config"])
-            judge.model.load_state_dict(payload["state_dict"])
-        except Exception as e:  # unreadable, not a dict, wrong keys or shapes: the same advice for each
-            raise ValueError(f"{path!r} is not a readable tiny judge ({type(e).__name__}: "
-                             f"{(str(e).splitlines() or [''])[0][:120]}); rebuild the base and its judge "
-                             f"with `python train.py --mode pretrain --out_dir DIR`") from None
-        return judge
-
-    def _embed(self, images: torch.Tensor | None, texts: list[str] | None) -> tuple:
-        """Unit-norm float32 embeddings; resize shortest side, centre crop, normalise: open_clip's eval transform."""
-        img = txt = None
-        with torch.autocast(self.mean.device.type, enabled=False):  # small cosine gaps must not drown in bf16
-            if images is not None:
-                _check_images(images)
-                x = images.float()  # (B, 3, h, w)
-                S, (h, w) = self.image_size, x.shape[-2:]
-                if (h, w) != S:
-                    scale = max(S[0] / h, S[1] / w)
-                    x = F.interpolate(x, size=(max(S[0], round(h * scale)), max(S[1], round(w * scale))),
-                                      mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-                    top, left = (x.shape[-2] - S[0]) // 2, (x.shape[-1] - S[1]) // 2
-                    x = x[..., top:top + S[0], left:left + S[1]]  # (B, 3, S, S)
-                img = self.model.encode_image((x - self.mean) / self.std, normalize=True).float()  # (B, D)
-            if texts is not None:
-                tokens = self.tokenizer(list(texts)).to(self.mean.device)  # (B, L)
-                txt = self.model.encode_text(tokens, normalize=True).float()  # (B, D)
-        return img, txt
-
-    def image_text_similarity(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """cos(image_i, text_i) for each pair, (B,) in [-1, 1]: the `clip` filter."""
-        if len(texts) != len(images):
-            raise ValueError(f"texts has {len(texts)} items but images has {len(images)}")
-        img, txt = self._embed(images, texts)
-        return (img * txt).sum(-1)  # (B,)
-
-    def image_image_similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """cos(a_i, b_i) of image embeddings, (B,): the `cosine` filter (candidate vs original)."""
-        if a.shape[0] != b.shape[0]:
-            raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
-        return (self._embed(a, None)[0] * self._embed(b, None)[0]).sum(-1)  # (B,)
-
-    def contrastive_loss(self, images: torch.Tensor, texts: list[str], negatives: list[str] | None = None):
-        """Symmetric CLIP InfoNCE over the batch; pair i is (images[i], texts[i]), every other pair a negative.
-        `negatives` (e.g. data.hard_negative of each text) are extra wrong texts every image must rank below its own."""
-        if len(texts) != len(images):
-            raise ValueError(f"texts has {len(texts)} items but images has {len(images)}")
-        img, txt = self._embed(images, list(texts) + list(negatives or []))
-        scale = self.model.logit_scale.float().exp().clamp(max=100)  # CLIP caps the temperature at 100
-        logits = scale * img @ txt.T  # (B, B + negatives)
-        labels = torch.arange(len(img), device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits[:, :len(img)].T, labels)) / 2

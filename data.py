@@ -7,8 +7,8 @@ objects into quarters, ../shared/FEASIBILITY.md). Scene i of split s is drawn fr
 Question families are the failure modes the paper names: counting, attributes (colour / shape), spatial relations,
 existence. One oracle, `answer(scene, question)`, answers every question this module writes, from the scene.
 OOD shifts (the NaturalBench analogue) re-draw the same test scenes with the same questions: `noise`, `low_contrast`,
-`occlusion` (a bar across the image), `background` (an unseen colour). NaturalBench-style groups: two minimally
-different scenes x two yes/no questions whose answers flip across them; G-Acc needs all four answers right.
+`occlusion` (a bar across the image), `background` (an unseen colour). NaturalBench-style groups of two minimally
+different scenes are built on these scenes in naturalgroups.py.
 
     python data.py --preview shapes.png           # a 3x3 grid of train scenes with their questions and answers
     python data.py --preview ood.png --split test --shift occlusion
@@ -17,7 +17,7 @@ different scenes x two yes/no questions whose answers flip across them; G-Acc ne
 import argparse
 import functools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -281,24 +281,29 @@ def _check_split(split: str):
 class ShapesVQA(Dataset):
     """Sample i of a split: one scene, one question of a uniformly drawn family, its answer, and the caption. `first`
     skips the split's first scenes: post-training reads scenes after those the base was pretrained on.
+    `min_objects` and `families` (drawn uniformly from the tuple, so a family named twice comes twice as often)
+    make a harder distribution: post-training's `--train-min-objects 3 --train-families ...,spatial,spatial,...`.
 
     Built eagerly (about 7k samples per second on one core) and held as uint8: 50k samples take about 200 MB.
     """
 
     def __init__(self, split: str = 'train', size: int = 1000, shift: str | None = None, cell: int = 12,
-                 first: int = 0):
+                 first: int = 0, min_objects: int = 1, families: tuple = QTYPES):
         _check_split(split)
         if shift is not None and shift not in SHIFTS:
             raise ValueError(f"unknown shift {shift!r}; expected one of {SHIFTS} or None")
         if size < 1 or first < 0:
             raise ValueError(f"size must be >= 1 and first >= 0, got {size} and {first}")
+        if not 1 <= min_objects <= MAX_OBJECTS or not families or set(families) - set(QTYPES):
+            raise ValueError(f"min_objects must be in 1..{MAX_OBJECTS} and families a non-empty list of {QTYPES}, got "
+                             f"{min_objects} and {families}")
         self.split, self.shift, self.cell, self.first = split, shift, cell, first
         images, self.scenes, self.questions, self.answers, self.qtypes = [], [], [], [], []
         for i in range(first, first + size):  # scenes first, ..., first + size - 1 of the split
             rng = np.random.default_rng([SPLITS[split], 0, i])
-            qtype = QTYPES[rng.integers(len(QTYPES))]
+            qtype = families[rng.integers(len(families))]  # a family named twice is drawn twice as often
             while True:  # redraw the scene until it can carry a question of this family (e.g. spatial needs two)
-                scene = sample_scene(rng, cell=cell)
+                scene = sample_scene(rng, min_objects, cell=cell)
                 question = write_question(scene, qtype, rng)
                 if question is not None:
                     break
@@ -341,61 +346,6 @@ def collate(batch: list[dict]) -> dict:
     for key in ('question', 'answer', 'qtype', 'caption'):
         out[key + 's'] = [b[key] for b in batch]
     return out
-
-
-def _edit(scene: Scene, rng: np.random.Generator) -> tuple[Scene, list[str]] | None:
-    """A minimal edit of the scene and two yes/no questions whose answers it flips, or None if there is none."""
-    objs, kind = scene.objects, ('recolor', 'reshape', 'swap')[rng.integers(3)]
-    k = int(rng.integers(len(objs)))
-    o = objs[k]
-    if kind in ('recolor', 'reshape'):
-        if kind == 'recolor':
-            new = [replace(o, color=c) for c in COLORS if _find(scene, c, o.shape) is None]
-        else:
-            new = [replace(o, shape=s) for s in SHAPES if _find(scene, o.color, s) is None]
-        if not new:
-            return None
-        n = new[rng.integers(len(new))]
-        edited = Scene(objs[:k] + (n,) + objs[k + 1:], scene.background)
-        return edited, [f'is there a {o.color} {o.shape} ?', f'is there a {n.color} {n.shape} ?']
-    # swap the cells of two objects that differ in column (ask left of) or else in row (ask above)
-    j = int(rng.integers(len(objs)))
-    p = objs[j]
-    if j == k:
-        return None
-    rel = 'left of' if o.col != p.col else 'above'
-    a, b = replace(o, row=p.row, col=p.col), replace(p, row=o.row, col=o.col)
-    swapped = list(objs)
-    swapped[k], swapped[j] = a, b
-    return Scene(tuple(swapped), scene.background), [_spatial(o, rel, p), _spatial(p, rel, o)]
-
-
-class NaturalGroups(Dataset):
-    """NaturalBench-style groups: images (2, 3, H, W) of two minimally different scenes, two yes/no questions,
-    and answers[i][j] = the answer to question j on image i; the edit flips every answer across the two images."""
-
-    def __init__(self, split: str = 'test', size: int = 500, cell: int = 12):
-        _check_split(split)
-        self.groups = []
-        for g in range(size):
-            rng = np.random.default_rng([SPLITS[split], 2, g])
-            while True:
-                scene = sample_scene(rng, min_objects=2, cell=cell)
-                edit = _edit(scene, rng)
-                if edit is not None:
-                    break
-            other, questions = edit
-            scenes = (scene, other)
-            images = torch.from_numpy(np.stack([_to_uint8(render(s, cell)) for s in scenes]))
-            answers = [[answer(s, q) for q in questions] for s in scenes]
-            self.groups.append({'images': images, 'questions': questions, 'answers': answers, 'scenes': scenes})
-
-    def __len__(self):
-        return len(self.groups)
-
-    def __getitem__(self, i):
-        g = self.groups[i]
-        return {**g, 'images': g['images'].float() / 255}
 
 
 # -----------------------------------------------------------------------------

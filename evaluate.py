@@ -2,8 +2,8 @@
 Measurement: how well a UMM answers, on clean data, under OOD shifts, under attack, and on its own re-generations.
 
     python evaluate.py --ckpt out/base --ckpt out/sft --ckpt out/unigame --json out/suite.json   # the toy suite
-    python evaluate.py --plot out/unigame          # eps, L_U vs L_C, buffer curves and a buffer gallery -> plots/
-    python evaluate.py --step-cost out/cost_sft out/cost_unigame      # step time of runs relative to the first
+    python evaluate.py --plot out/unigame          # plots.py: eps, L_U vs L_C, buffer curves, a gallery -> plots/
+    python evaluate.py --step-cost out/cost_sft out/cost_unigame      # plots.py: step time relative to the first
 
 A --ckpt DIR is a pretrain base (base.pt) or a train.py run (config.json + adapter/). Per model the suite reports
 test accuracy (overall and per question family), each OOD shift, NaturalBench-style Q/I/G-Acc, PGD accuracy on
@@ -14,7 +14,6 @@ Two tiny-toy checkpoints at the default sizes take about 2 minutes on 2 CPU core
 import argparse
 import json
 import os
-import textwrap
 import time
 from collections import defaultdict
 from fractions import Fraction
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import naturalgroups
 import scorers
 
 
@@ -55,6 +55,13 @@ def accuracy(umm, dataset, batch_size=256, transform=None) -> dict:
                 total[key] += 1
     umm.train(was_training)
     return _ordered(right, total)
+
+
+def wrong(umm, z, questions, answers, chunks=lambda n: [slice(0, n)]) -> list:
+    """Which of U's greedy answers to z (B, N, H) are wrong, free-form answers compared after VQA normalisation: a list
+    of bool. `chunks(n)` gives the row slices of each pass (train.py's micro-batches)."""
+    predictions = [p for r in chunks(len(questions)) for p in umm.answer(z[r], questions[r])]
+    return [scorers.normalize_answer(p) != scorers.normalize_answer(t) for p, t in zip(predictions, answers)]
 
 
 def base_vs_trained(umm, size, label='trained') -> dict:
@@ -105,7 +112,7 @@ def pgd_accuracy(umm, dataset, eps=8 / 255, steps=10, step_size=2 / 255, batch_s
 
 @torch.no_grad()
 def natural_scores(umm, groups, batch_size=256) -> dict:
-    """NaturalBench's Acc, Q-Acc, I-Acc and G-Acc on data.NaturalGroups, by scorers.naturalbench_extract and
+    """NaturalBench's Acc, Q-Acc, I-Acc and G-Acc on naturalgroups.NaturalGroups, by scorers.naturalbench_extract and
     naturalbench_scores. The official scorer takes the right answers to be the fixed pattern q0_i0 yes, q0_i1 no,
     q1_i0 no, q1_i1 yes; ours vary (a swapped pair can start from 'no'), so each cell goes to the scorer as the
     pattern's value when the answer is right and as the opposite when it is wrong (or neither yes nor no)."""
@@ -118,7 +125,8 @@ def natural_scores(umm, groups, batch_size=256) -> dict:
                 truth.append(int(g['answers'][i][q] == 'yes'))
     predictions = []
     for s in range(0, len(images), batch_size):
-        predictions += umm.answer(umm.encode(torch.stack(images[s:s + batch_size]).to(umm.device)), questions[s:s + batch_size])
+        x = torch.stack(images[s:s + batch_size]).to(umm.device)                 # (b, 3, h, w) on the model's device
+        predictions += umm.answer(umm.encode(x), questions[s:s + batch_size])
     pattern = (1, 0, 0, 1)
     cells = [pattern[k % 4] if scorers.naturalbench_extract(p) == t else 1 - pattern[k % 4]
              for k, (p, t) in enumerate(zip(predictions, truth))]
@@ -198,38 +206,6 @@ def majority_baseline(train, test) -> dict:
     return _ordered(right, total)
 
 
-# the tiny-toy base's targets, on val: what a rebuilt base must reach before anyone post-trains it
-BASE_TARGETS = dict(all=0.90, spatial=0.85, family_margin=0.20, reread_gap=0.02, t2i_ranking=0.95)
-
-
-@torch.no_grad()
-def base_report(umm, judge, split='val', size=2000) -> dict:
-    """A base against BASE_TARGETS on the first `size` questions of `split`: accuracy overall and per family, each
-    family's margin over its majority answer (majority of 20,000 train questions), re-reading G(Enc(x)) against
-    clean, and the judge's T2I ranking over the same scenes' captions; beside them, not a target, the judge's
-    edit ranking (edit_ranking). Prints a table; returns the numbers and `met`, one flag per target. About 40 s for
-    2000 questions on 2 CPU cores."""
-    dataset = data.ShapesVQA(split, size)
-    clean = accuracy(umm, dataset)
-    reread = accuracy(umm, dataset, transform=lambda x: umm.render(umm.encode(x)))['all']
-    majority = majority_baseline(data.ShapesVQA('train', 20000), dataset)
-    t2i, edits = t2i_ranking(umm, judge, dataset), edit_ranking(judge, dataset)
-    t = BASE_TARGETS
-    margins = {k: clean[k] - majority[k] for k in data.QTYPES}
-    met = {'all': clean['all'] >= t['all'], 'spatial': clean['spatial'] >= t['spatial'],
-           'family_margin': min(margins.values()) >= t['family_margin'],
-           'reread_gap': clean['all'] - reread <= t['reread_gap'], 't2i_ranking': t2i >= t['t2i_ranking']}
-    print(f"\nthe base on {size} {split} questions (targets: all >= {t['all']}, spatial >= {t['spatial']}, every "
-          f"family >= {t['family_margin']:.2f} above its majority answer, re-reading within {t['reread_gap']:.2f}, "
-          f"T2I ranking >= {t['t2i_ranking']})")
-    print(''.join(f"{k:>11}" for k in clean) + f"{'re-read':>11}{'T2I rank':>11}{'edit rank':>11}")
-    print(''.join(f"{v:11.3f}" for v in clean.values()) + f"{reread:11.3f}{t2i:11.3f}{edits:11.3f}")
-    print(''.join(f"{'':11}" if k == 'all' else f"{margins[k]:+11.3f}" for k in clean) + "   (over the majority)")
-    print('targets: ' + ', '.join(f"{k} {'met' if v else 'MISSED'}" for k, v in met.items()))
-    return dict(split=split, size=size, clean=clean, majority=majority, reread=reread, t2i_ranking=t2i,
-                edit_ranking=edits, met=met)
-
-
 # -----------------------------------------------------------------------------
 # the suite over checkpoints
 
@@ -248,16 +224,17 @@ def checkpoint_kind(path) -> str:
 def load_checkpoint(path):
     """A --ckpt DIR -> (UMM in eval mode, its judge or None). A run's base comes from its config['init'], gets LoRA
     with the run's flags, then the run's adapter. The judge is DIR/judge.pt, else the base's judge.pt."""
+    import backbones
     import model
-    from buffer import Judge
+    from judge import Judge
     base = path
     if checkpoint_kind(path) == 'base':
-        umm = model.load_backbone('tiny-toy', init=path)
+        umm = backbones.load_backbone('tiny-toy', init=path)
     else:
         with open(os.path.join(path, 'config.json')) as f:
             config = json.load(f)
         base = config.get('init') or None
-        umm = model.load_backbone(config['backbone'], init=base, decoder=config.get('decoder', 'vae'))
+        umm = backbones.load_backbone(config['backbone'], init=base, decoder=config.get('decoder', 'vae'))
         targets = model.lora_targets(config.get('lora_targets', ','.join(model.LORA_TARGETS)))
         umm.add_lora(r=config['lora_r'], alpha=config['lora_alpha'], dropout=config['lora_dropout'], targets=targets)
         umm.load_trainable(os.path.join(path, 'adapter'))
@@ -306,7 +283,7 @@ def print_table(columns: dict):
 def suite_sets(split, size, subset, groups):
     """The suite's data, built once for every model: clean, each shift, NaturalBench groups; and the first `subset`
     clean questions, which get the costly measurements."""
-    sets = {'clean': data.ShapesVQA(split, size), 'natural': data.NaturalGroups(split, groups),
+    sets = {'clean': data.ShapesVQA(split, size), 'natural': naturalgroups.NaturalGroups(split, groups),
             **{s: data.ShapesVQA(split, size, shift=s) for s in data.SHIFTS}}
     return sets, torch.utils.data.Subset(sets['clean'], range(min(subset, size)))
 
@@ -329,10 +306,9 @@ def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None,
             path = picture if len(ckpts) == 1 else f"{stem}_{i}{ext}"
             save_reconstructions(umm, sets['clean'], path)
             print(f"wrote {path}: originals / reconstructions / T2I from their captions ({ckpt})")
-    a = attack
     print(f"\n{split} split: {size} questions (clean, each shift), {groups} NaturalBench-style groups; PGD (L-inf eps "
-          f"{a['eps']:.4f}, {a['steps']} steps of {a['step_size']:.4f}), re-reading, consistency and T2I ranking "
-          f"on the first {len(few)} questions")
+          f"{attack['eps']:.4f}, {attack['steps']} steps of {attack['step_size']:.4f}), re-reading, consistency and "
+          f"T2I ranking on the first {len(few)} questions")
     names = [os.path.basename(os.path.normpath(c)) for c in ckpts]
     columns = {'majority': flatten({'clean': results['majority']})}
     for ckpt, name in zip(ckpts, names):  # a column per checkpoint, by folder name unless two share it
@@ -342,147 +318,12 @@ def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None,
     return results
 
 
-# -----------------------------------------------------------------------------
-# pictures from a run directory: curves from metrics.jsonl, a gallery from the buffer in rank0.pt
-
-def _curves(rows, path, title, left, right, share=False):
-    """One PNG of two metrics.jsonl series over steps, each (label, key); `right` on a second y-axis unless `share`.
-    A series with no values (e.g. L_C in an SFT run) is left out; None when both are empty."""
-    import matplotlib.pyplot as plt
-    series = [(label, [(r['step'], r[key]) for r in rows if r.get(key) is not None]) for label, key in (left, right)]
-    series = [(k, label, points) for k, (label, points) in enumerate(series) if points]
-    if not series:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4), layout='constrained')
-    colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
-    for k, label, points in series:
-        on = ax.twinx() if k == 1 and not share and len(series) == 2 else ax
-        on.plot(*zip(*points), marker='.', color=colors[k], label=label)
-        on.set_ylabel(label if on is not ax or len(series) == 1 or not share else f"{left[0]}, {right[0]}")
-    ax.set_xlabel('step')
-    ax.set_title(title)
-    fig.legend(loc='outside lower center', ncol=len(series), fontsize=8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_gallery(run_dir, path, n=16):
-    """The hardest n buffer entries of rank 0 (hard candidates; the originals are not stored), or, when replay consumed
-    them all, the last n it consumed; each with its question, ground truth and the run's current prediction. None
-    (with a message) when there is nothing to draw."""
-    import matplotlib.pyplot as plt
-    state_path = os.path.join(run_dir, 'rank0.pt')
-    state = torch.load(state_path, weights_only=True).get('buffer') if os.path.isfile(state_path) else None
-    title = 'hardest buffer candidates'
-    if state and not state['images'] and state.get('spent', {}).get('images'):  # --buffer-policy consume drains B
-        state, title = {**state['spent'], 'space': state['space']}, 'the last candidates U learnt from (consumed)'
-    if not state or not state['images']:
-        why = 'has no buffer entries' if os.path.isfile(state_path) else 'does not exist'
-        print(f"gallery skipped: {state_path} {why} (an SFT run or --buffer-size 0 keeps none)")
-        return None
-    if state.get('space', 'decoded') == 'token':
-        print("gallery skipped: a token-space run (--space token) buffers tokens z + delta, not images")
-        return None
-    k = min(n, len(state['images']))
-    x = torch.stack(state['images'][:k])                                              # (k, 3, s, s) float32
-    x = x.float() / 255 if x.dtype == torch.uint8 else x                              # runs before float32 B
-    originals = state.get('originals', [None] * k)[:k]
-    try:
-        umm, _ = load_checkpoint(run_dir)
-        with torch.no_grad():
-            predictions = umm.answer(umm.encode(x), state['questions'][:k])
-            if all(o is not None for o in originals):  # each panel: original | G(Enc(original)) | candidate
-                clean = torch.stack(originals).float() / 255
-                x = torch.cat([clean, umm.render(umm.encode(clean)).float(), x], -1)  # (k, 3, s, 3 s)
-                title += ' (each: original | clean decode G(z) | candidate G(z + delta))'
-    except FileNotFoundError as e:  # an interrupted run has no adapter/ yet: draw the buffer without predictions
-        print(f"gallery without predictions: {e}")
-        predictions = ['?'] * k
-    wide = x.shape[-1] > x.shape[-2]  # triptychs: half as many per row, twice as wide
-    cols = min(2 if wide else 4, k)
-    rows = -(-k // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols * (2 if wide else 1), 3.6 * rows), squeeze=False,
-                             layout='constrained')
-    for j, ax in enumerate(axes.flat):
-        ax.axis('off')
-        if j >= k:
-            continue
-        q, gt, p = state['questions'][j], state['answers'][j], predictions[j]
-        ax.imshow(x[j].permute(1, 2, 0).numpy(), interpolation='nearest')
-        h, step = state['hardness'][j], state['steps'][j]
-        ax.set_title(f"{textwrap.fill(q, 36)}\nGT {gt} | pred {p} | H {h:.2f} | step {step}", fontsize=7,
-                     color='darkgreen' if p == gt else 'firebrick')
-    fig.suptitle(f"{run_dir}: {title} (green: answered right now)", fontsize=9)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_run(run_dir) -> list:
-    """PNGs from a train.py run into RUN_DIR/plots/: eps (and attack success), L_U vs L_C (Figure 10's
-    tug-of-war), buffer size and mean H, and the buffer gallery. Returns the paths written."""
-    path = os.path.join(run_dir, 'metrics.jsonl')
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--plot {run_dir!r}: no {path}; expected a train.py run directory "
-                                f"(metrics.jsonl, and rank0.pt for the gallery)")
-    import matplotlib
-    matplotlib.use('Agg')
-    with open(path) as f:
-        try:
-            rows = [json.loads(line) for line in f if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--plot: {path} is not JSON lines ({e})") from None
-    if not rows or not all(isinstance(r, dict) and 'step' in r for r in rows):
-        raise ValueError(f"--plot: {path} must hold one JSON object with a 'step' per line, as train.py writes")
-    out = os.path.join(run_dir, 'plots')
-    os.makedirs(out, exist_ok=True)
-    lu, lc = ([abs(r[k]) for r in rows if r.get(k) is not None] for k in ('L_U', 'L_C'))
-    similar = bool(lu and lc) and 1 / 3 < (sum(lu) / len(lu)) / max(1e-12, sum(lc) / len(lc)) < 3
-    written = [
-        _curves(rows, os.path.join(out, 'eps.png'), 'perturber gate eps and attack success rate',
-                ('eps', 'eps'), ('attack success rate', 'asr')),
-        _curves(rows, os.path.join(out, 'losses.png'), 'tug-of-war: L_U (understand) vs L_C (challenge)',
-                ('L_U', 'L_U'), ('L_C', 'L_C'), share=similar),
-        _curves(rows, os.path.join(out, 'buffer.png'), 'hard-sample buffer', ('buffer size', 'buffer'),
-                ('mean H', 'H_mean')),
-        plot_gallery(run_dir, os.path.join(out, 'gallery.png'))]
-    written = [p for p in written if p]
-    print('wrote ' + ', '.join(written) if written else f"nothing to plot: {path} has no eps, L_U, L_C or buffer "
-          f"(a pretrain run?)")
-    return written
-
-
-def mean_cost(run_dirs) -> dict:
-    """Mean `step_time` and `phase_time` (seconds; data + frozen encode, challenge, mine, understand) over the
-    metrics.jsonl lines after step 0 (warm-up) of one or more train.py runs, e.g. all seeds of one study row."""
-    rows = []
-    for d in run_dirs:
-        with open(os.path.join(d, 'metrics.jsonl')) as f:
-            rows += [r for r in map(json.loads, f) if r['step'] > 0]
-    if not rows:
-        raise ValueError(f"{', '.join(run_dirs)}: no metrics.jsonl line after step 0; run more steps")
-    phases = {k: sum(r['phase_time'][k] for r in rows) / len(rows) for k in rows[0].get('phase_time', {})}
-    return dict(step=sum(r['step_time'] for r in rows) / len(rows), phases=phases)
-
-
-def step_cost(run_dirs) -> dict:
-    """Each run's mean step time, its ratio to the first run's, and where it goes:
-    `python evaluate.py --step-cost out/cost_sft out/cost_unigame`."""
-    costs = {d: mean_cost([d]) for d in run_dirs}
-    for d, c in costs.items():
-        print(f"{d:40} {1000 * c['step']:8.1f} ms/step {c['step'] / costs[run_dirs[0]]['step']:6.2f}x   " +
-              '  '.join(f"{k} {1000 * v:.1f}" for k, v in c['phases'].items()))
-    return {d: c['step'] for d, c in costs.items()}
-
-
 if __name__ == '__main__':
     def fraction(s):  # '8/255' or '0.0314'
         return float(Fraction(s))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--ckpt', action='append', metavar='DIR',
-                        help='a pretrain dir (base.pt) or a train.py run dir (config.json + adapter/); repeat it '
-                             'for side-by-side columns')
+    parser.add_argument('--ckpt', action='append', metavar='DIR', help='a pretrain dir (base.pt) or a train.py run '
+                        'dir (config.json + adapter/); repeat it for side-by-side columns')
     parser.add_argument('--plot', metavar='RUN_DIR', help='instead: PNG curves and a buffer gallery into RUN_DIR/plots')
     parser.add_argument('--step-cost', nargs='+', metavar='RUN_DIR',
                         help='instead: mean step time of train.py runs, and each one relative to the first')
@@ -496,16 +337,16 @@ if __name__ == '__main__':
     parser.add_argument('--pgd-steps', type=int, default=10, help='PGD steps (0: no attack)')
     parser.add_argument('--pgd-step-size', type=fraction, default=2 / 255, help='PGD step in pixels (2/255)')
     parser.add_argument('--json', metavar='OUT.json', help='also write every number (and per-part seconds) here')
-    parser.add_argument('--picture', default=None,
-                        help='save originals over reconstructions over T2I(caption) to this PNG (PNG_<i> for the '
-                             'i-th of several --ckpt)')
+    parser.add_argument('--picture', default=None, help='save originals over reconstructions over T2I(caption) to '
+                        'this PNG (PNG_<i> for the i-th of several --ckpt)')
     args = parser.parse_args()
-    import toy_umm  # here, not at the top: toy_umm imports this module for pretraining's val accuracy
+    import plots  # --plot and --step-cost read run dirs (plots.py, above this module: it imports load_checkpoint)
+    import toy_base  # for BaseError: a checkpoint over a missing or broken base
     try:
         if args.step_cost:
-            step_cost(args.step_cost)
+            plots.step_cost(args.step_cost)
         elif args.plot:
-            plot_run(args.plot)
+            plots.plot_run(args.plot)
         elif not args.ckpt:
             parser.error('--ckpt DIR is required (or --plot RUN_DIR, or --step-cost RUN_DIR ...)')
         else:
@@ -521,5 +362,5 @@ if __name__ == '__main__':
                     json.dump(result, f, indent=1)
                 os.replace(args.json + '.tmp', args.json)
                 print(f"wrote {args.json}")
-    except (FileNotFoundError, toy_umm.BaseError) as e:  # a missing or broken file: one line naming it
+    except (FileNotFoundError, toy_base.BaseError) as e:  # a missing or broken file: one line naming it
         parser.exit(2, f"evaluate.py: error: {e}\n")

@@ -3,8 +3,9 @@ Will a UniGame run of Janus-Pro fit one GPU? An estimate of peak GPU memory from
 
     python model.py --memory janus-pro-7b                       # the README's one-GPU command: train.py's defaults
     python model.py --memory janus-pro-7b --micro-batch 0 --activation-checkpointing off   # what does not fit
+    python model.py --count janus-pro-7b --perturber-width 256  # parameter counts alone: base, LoRA, C
 
-How it is measured. Weights, LoRA and C are counted on the meta device (model.count_parameters' build). Activations
+How it is measured. Weights, LoRA and C are counted on the meta device (count_parameters' build). Activations
 are what autograd keeps for backward, counted with torch.autograd.graph.saved_tensors_hooks (each storage once,
 parameters left out) on modules built at the true widths on the CPU, in bf16 autocast as train.py runs them:
 - one decoder layer of the LLM (Llama at the model's H, intermediate size and heads, LoRA on --lora-targets) at two
@@ -31,8 +32,12 @@ import argparse
 import math
 
 import torch
+from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
 
+import backbones
+import janus
 import model
+from perturber import Perturber
 
 GIB = 2 ** 30
 
@@ -100,7 +105,7 @@ def vision_per_token(cfg, sizes=(64, 128)):
 
 def render_and_head(cfg, grids=(3, 6)):
     """Bytes kept by the VQ-16 decoder for one g x g latent (fitted in latent pixels from 3 x 3 and 6 x 6, then taken
-    to the model's 24 x 24 = 384 px) and by the generation head on g^2 states (float32, as model.py runs it)."""
+    to the model's 24 x 24 = 384 px) and by the generation head on g^2 states (float32, as janus.py runs it)."""
     from transformers.models.janus.modeling_janus import JanusVQVAE, JanusVQVAEHead
     q, H, g = cfg.vq_config, cfg.text_config.hidden_size, cfg.vision_config.image_size // 16
     vq = JanusVQVAE(q).to(torch.bfloat16)
@@ -116,13 +121,23 @@ def render_and_head(cfg, grids=(3, 6)):
     return lin * g * g + quad * (g * g) ** 2, saved_bytes(logits, head.parameters())
 
 
+def count_parameters(name='janus-pro-7b', perturber_width=None, **lora):
+    """Meta-device parameter counts, offline: the whole model, the LoRA adapters (LORA_DEFAULTS unless given), the
+    perturber C at `perturber_width` (default H) and the trainable share (LoRA + C) / the frozen base."""
+    umm = janus.build_janus(name, meta=True).add_lora(**lora)
+    n_lora = sum(p.numel() for p in umm.understanding_parameters())
+    base = sum(p.numel() for p in umm.parameters()) - n_lora
+    with torch.device('meta'):
+        n_c = sum(p.numel() for p in Perturber(umm.hidden_size, perturber_width).parameters())
+    return dict(base=base, lora=n_lora, perturber=n_c, trainable_share=(n_lora + n_c) / base)
+
+
 def estimate(name='janus-pro-7b', batch_size=32, micro_batch=None, replay=16, hard_quantile=0.6,
              activation_checkpointing='on', lora_r=model.LORA_DEFAULTS['r'], lora_targets=model.LORA_TARGETS,
              perturber_width=None, attack='decoded', captions=False, gpu_gib=80, **_):
     """The peak estimate in GiB, by part, for one rank's step of train.py with these flags."""
-    from perturber import Perturber
-    micro = micro_batch if micro_batch is not None else model.default_micro_batch(name)
-    umm = model.build_janus(name, meta=True).add_lora(r=lora_r, targets=lora_targets)
+    micro = micro_batch if micro_batch is not None else backbones.default_micro_batch(name)
+    umm = janus.build_janus(name, meta=True).add_lora(r=lora_r, targets=lora_targets)
     cfg, H = umm.janus.config, umm.hidden_size
     n_lora = sum(p.numel() for p in umm.understanding_parameters())
     head = sum(p.numel() for p in umm.janus.model.generation_head.parameters())
@@ -138,7 +153,7 @@ def estimate(name='janus-pro-7b', batch_size=32, micro_batch=None, replay=16, ha
     v_layer, v_rest = (lin_v * N + quad_v * N * N for lin_v, quad_v in vision_per_token(cfg))
     dec, gen_head = render_and_head(cfg)
     L, Lv = cfg.text_config.num_hidden_layers, cfg.vision_config.num_hidden_layers
-    T = N + math.ceil(len(model.DEFAULT_SYSTEM_PROMPT) / 3.5) + 32      # U's row: image, system prompt, Q and A
+    T = N + math.ceil(len(DEFAULT_SYSTEM_PROMPT) / 3.5) + 32  # U's row: image, system prompt, Q and A
 
     def llm(rows, tokens):  # checkpointed: each layer keeps its input, and one layer at a time is rebuilt whole
         return rows * tokens * (L * kept + (lin if ckpt else 0))

@@ -91,3 +91,9 @@ class Perturber(nn.Module):
 
     def extra_repr(self) -> str:
         return f"hidden_size={self.hidden_size}, width={self.width}, eps_max={self.eps_max} (relative to rms(z))"
+
+
+def random_delta(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """Table 4's random-noise ablation (`--perturb random`): delta of a random direction per token with the full
+    budget, ||delta_i|| = eps · rms(z) as C's at its largest; (B, N, H) float32, nothing learnt."""
+    return eps * Perturber.token_rms(z) * F.normalize(torch.randn_like(z.float()), dim=-1)

@@ -135,7 +135,6 @@ if __name__ == '__main__':
         reader = train(args.steps, seed=args.seed)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         torch.save(reader.state_dict(), args.out)
-    import toy_umm  # the base only to measure the reader on its decodes; the reader never sees the UMM in training
-    base = toy_umm.build_tiny_toy()
-    toy_umm.load_base(base, toy_umm.BASE_DIR)
+    import toy_base  # the base only to measure the reader on its decodes; the reader never sees the UMM in training
+    base = toy_base.tiny_toy(init=toy_base.BASE_DIR)
     print(f"label broken, per the reader and data.answer, on 1000 val images: {check(reader, base=base.eval())}")

@@ -11,7 +11,7 @@ drawn, so 443k questions never hold their images in memory.
 Formats:
 - VQAv2: the official questions JSON {"data_subtype", "questions": [{"question_id", "image_id", "question"}]}, the
   official annotations JSON {"annotations": [{"question_id", "answers": [{"answer"}] x 10, "answer_type"}]} and a
-  COCO image folder with COCO_<data_subtype>_<image_id:012d>.jpg (benchmarks.load_vqa reads all three). The target
+  COCO image folder with COCO_<data_subtype>_<image_id:012d>.jpg (benchdata.load_vqa reads all three). The target
   is the majority of the 10 human answers (after VQA normalisation); the 10 are kept for scorers.vqa_score.
 - Captions (CC3M-style): TSV rows `caption<TAB>image` (CC3M's column order; the image a path relative to the file)
   or JSON lines {"image": ..., "caption": ...}.
@@ -26,7 +26,7 @@ import os
 
 from torch.utils.data import Dataset
 
-import benchmarks
+import benchdata
 import scorers
 
 
@@ -61,7 +61,7 @@ class Streamed(Dataset):
             if item['image'] in self.unreadable:
                 continue
             try:
-                image = benchmarks.load_image(item['image'], self.image_size)  # (3, s, s) in [0, 1]
+                image = benchdata.load_image(item['image'], self.image_size)  # (3, s, s) in [0, 1]
             except (OSError, ValueError, SyntaxError):  # PIL: missing, truncated, not an image
                 self.unreadable.add(item['image'])
                 continue
@@ -73,14 +73,14 @@ def vqav2(questions, annotations, images, hold_out=0, image_size=None):
     """VQAv2 train questions -> (train, val) datasets of samples {'image', 'question', 'answer', 'qtype', 'caption',
     'answers', 'id'}: the questions of the last images of the file, whole images, are held out for the val score
     (`hold_out` questions at least; val is None for 0). The caption the semantic filter compares with is the question
-    and its answer; the prompt carries the short-answer suffix benchmarks.py asks with."""
+    and its answer; the prompt carries the short-answer suffix benchmarks.py asks with (benchdata.SHORT)."""
     for flag, path, kind in (('--questions', questions, 'file'), ('--annotations', annotations, 'file'),
                              ('--images', images, 'dir')):
         if not path:
             raise FileNotFoundError(f"{flag}: --data vqav2 needs it (the official VQA JSONs and a COCO image folder)")
         if not (os.path.isfile(path) if kind == 'file' else os.path.isdir(path)):
             raise FileNotFoundError(f"{flag}: {path!r} is not a {kind}")
-    items = benchmarks.load_vqa(questions, images, annotations)  # errors name the file and its format
+    items = benchdata.load_vqa(questions, images, annotations)  # errors name the file and its format
     per_image, held, count = collections.Counter(it['image'] for it in items), set(), 0
     for item in reversed(items):  # whole images from the end of the file until `hold_out` questions are held
         if count >= hold_out:
@@ -90,7 +90,7 @@ def vqav2(questions, annotations, images, hold_out=0, image_size=None):
             count += per_image[item['image']]
     parts = {False: [], True: []}
     for it in items:
-        question, target = it['prompt'][:-len(benchmarks.SHORT)], majority_answer(it['answers'])
+        question, target = it['prompt'][:-len(benchdata.SHORT)], majority_answer(it['answers'])
         parts[it['image'] in held].append(dict(image=it['image'], question=it['prompt'], answer=target,
                                                answers=it['answers'], qtype=it['answer_type'],
                                                caption=f"{question} {target}", id=it['id']))

@@ -7,14 +7,16 @@ path at tiny sizes (tiny-janus, tiny-toy).
     python model.py --smoke janus-pro-1b        # Janus-Pro-1B's config: 384 px, 576 tokens and codes, bf16 autocast
     python model.py --smoke toy                 # SigLIP2-base (224 px), Qwen2.5-VL-3B, SD-1.5's VAE, bf16 autocast
     python model.py --smoke janus-pro-1b --dtype bfloat16 --layers 24  # the full run where bf16 units are missing
+    python model.py --eps-probe janus-pro-1b    # what --eps does to the 576 VQ codes at full size (eps_probe, below)
+    python model.py --bench-decode --batch 16   # regen vs t2i wall time per candidate on tiny-janus (bench_decode)
 
 On a CPU without bf16 units (such as the 2 Zen-1 cores this was written on) the first two default to --dtype float32
 --layers 2 and say so: 6 and 3.7 min there, beside other jobs.
 
 Build: the published sizes, random init in --dtype, saved in a temporary dir with a word-level tokenizer that carries
-the special tokens the backbone reads (Janus: model.janus_word_tokenizer, its <image_placeholder> id the config's
+the special tokens the backbone reads (Janus: tiny_janus.janus_word_tokenizer, its <image_placeholder> id the config's
 image_token_id; toy: toy_umm.word_tokenizer with the toy's marks), every id inside the LM's vocabulary. Load: Janus by
-model.load_backbone(DIR), train.py's `--backbone DIR`; the toy's parts as local dirs, by toy_umm.build_toy here and
+backbones.load_backbone(DIR), train.py's `--backbone DIR`; the toy's parts as local dirs, by toy_umm.build_toy here and
 by `train.py --backbone toy --toy-siglip DIR --toy-qwen DIR --toy-sd DIR`. Every saved tensor must equal the loaded
 one. Decode: batch 1, C applied, one run each, no warm-up.
 Step: `train.py --steps 1 --filter none --micro-batch 1` on shapes scenes resized to the backbone's size, train.py's
@@ -37,12 +39,15 @@ import time
 
 import torch
 import torch.nn.functional as F
+from transformers import JanusForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
+import backbones
 import data
-import model
 import toy_umm
+from janus import JANUS_PRO, JanusUMM, janus_config
 from perturber import Perturber
+from tiny_janus import TINY_JANUS, build_tiny_janus, janus_word_tokenizer
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # the toy's published sizes (the hub config.json of each part); build_toy reads SigLIP2 as NaFlex patches (224 / 16)^2
@@ -56,7 +61,7 @@ QWEN_3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_he
 SD15_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
                 sample_size=512, down_block_types=('DownEncoderBlock2D',) * 4, up_block_types=('UpDecoderBlock2D',) * 4)
 TOY_MARKS = ('Answer:', 'Caption:', 'Image:', 'Caption,', 'column', 'by', 'column:')  # build_toy's marks, as words
-SIZES = (*model.JANUS_PRO, 'toy', 'tiny-janus', 'tiny-toy')
+SIZES = (*JANUS_PRO, 'toy', 'tiny-janus', 'tiny-toy')
 
 
 @contextlib.contextmanager
@@ -73,17 +78,16 @@ def default_dtype(dtype):
 def build_janus(name, layers, dtype, out):
     """JanusForConditionalGeneration at `name`'s config (the LLM cut to `layers`), random init, saved with its
     tokenizer in `out`. Returns its state dict, its number of parameters and a line describing it."""
-    from transformers import JanusForConditionalGeneration
-    tok = model.janus_word_tokenizer()
+    tok = janus_word_tokenizer()
     if name == 'tiny-janus':
-        t = model.TINY_JANUS
+        t = TINY_JANUS
         lm, vision, vq = dict(t['lm'], vocab_size=len(tok)), t['vision'], t['vq']
     else:  # vocabulary 102400, SigLIP-L/16 at 384 px, VQ-16 with 16384 codes: janus_config's defaults
-        lm, vision, vq = dict(model.JANUS_PRO[name][1]), None, None
+        lm, vision, vq = dict(JANUS_PRO[name][1]), None, None
     full = lm['num_hidden_layers']
     lm.update(num_hidden_layers=layers or full, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
               eos_token_id=tok.eos_token_id)
-    config = model.janus_config(lm, vision, vq, image_token_id=tok.convert_tokens_to_ids('<image_placeholder>'))
+    config = janus_config(lm, vision, vq, image_token_id=tok.convert_tokens_to_ids('<image_placeholder>'))
     check_vocabulary(tok, config.text_config.vocab_size)
     with default_dtype(dtype):
         janus = JanusForConditionalGeneration(config)
@@ -223,14 +227,14 @@ def main(name, argv=()):
               f"{size / 2 ** 20:,.0f} MiB, {time.perf_counter() - t:.0f}s")
         t = time.perf_counter()
         if janus:  # exactly train.py's call for --backbone DIR
-            umm, backbone = model.load_backbone(d, dtype=dtype, decode='regen', device=args.device), [d]
+            umm, backbone = backbones.load_backbone(d, dtype=dtype, decode='regen', device=args.device), [d]
         else:  # the parts as local dirs, as `train.py --backbone toy --toy-siglip DIR ...` reads them
             parts = {k: os.path.join(d, k) for k in ('siglip', 'qwen', 'sd')}
             umm, backbone = toy_umm.build_toy(**parts).to(args.device), ['toy'] + [
                 a for k, v in parts.items() for a in (f'--toy-{k}', v)]
         state = umm.janus.state_dict() if janus else umm.state_dict()
         checked = same_weights(saved, state)
-        print(f"  load ({'model.load_backbone(DIR)' if janus else 'toy_umm.build_toy(local dirs)'}): "
+        print(f"  load ({'backbones.load_backbone(DIR)' if janus else 'toy_umm.build_toy(local dirs)'}): "
               f"{time.perf_counter() - t:.0f}s; {checked} saved tensors equal the loaded ones")
         del saved, state
         ctx = torch.autocast(args.device.split(':')[0], dtype=dtype, enabled=dtype != torch.float32)
@@ -250,3 +254,63 @@ def main(name, argv=()):
     print(f"  train.py: {wall:.0f}s with start-up and load, peak resident memory {peak / 1024:.2f} GiB\n"
           f"total {time.perf_counter() - t_start:.0f}s")
     return dict(tensors=checked, phases=phases, decode=dec, row=row, peak_mb=peak)
+
+
+# -----------------------------------------------------------------------------
+# two more checks that need no weights: python model.py --eps-probe NAME | --bench-decode [--batch N]
+
+@torch.no_grad()
+def eps_probe(name='janus-pro-1b', eps=(0.005, 0.01, 0.02, 0.05, 0.1), batch=2, seed=0):
+    """What --eps does to Janus's candidates at full size, offline: the real architecture with random weights (no
+    checkpoint exists here), 384 px shapes scenes, regen with delta of norm eps * rms (train.py's random-noise
+    ablation, the norm C's gate sets) on the post-LLM image states. Per eps: the share of the 576 VQ codes that
+    change, and the mean change of U's CE on the re-encoded candidate. Random weights: the numbers show the scale
+    works at the true sizes, not what the trained model does."""
+    torch.manual_seed(seed)
+    hub, arch = JANUS_PRO[name]
+    t0 = time.time()
+    tok = janus_word_tokenizer()  # the real vocabulary size, a word-level tokenizer over the shapes' words
+    config = janus_config(arch, image_token_id=tok.convert_tokens_to_ids('<image_placeholder>'))
+    umm = JanusUMM(JanusForConditionalGeneration(config).eval(), tok)
+    ds = data.ShapesVQA('val', batch)
+    b = data.collate([ds[i] for i in range(batch)])
+    x = F.interpolate(b['images'], size=umm.image_size, mode='bilinear').clamp(0, 1)
+    codes = umm.image_codes(x)                                                                 # (B, 576)
+    states = umm.gen_states(codes, b['questions']).float()                                     # (B, 576, H)
+    clean = umm.pick(umm.gen_logits(states), 0.0)
+    ce0 = umm.understand_loss(umm.encode(umm.render(clean)), b['questions'], b['answers'])
+    rms = Perturber.token_rms(states)
+    print(f"{name} (random weights), {batch} scenes at {umm.image_size} px, {codes.shape[1]} codes; post-LLM state "
+          f"rms {rms.mean():.1f}; built and one clean pass in {time.time() - t0:.0f}s")
+    rows = []
+    for e in eps:
+        delta = e * rms * F.normalize(torch.randn_like(states), dim=-1)                          # ||delta_i|| = e rms
+        picked = umm.pick(umm.gen_logits(states + delta), 0.0)
+        ce = umm.understand_loss(umm.encode(umm.render(picked)), b['questions'], b['answers'])
+        rows.append(dict(eps=e, codes_changed=(picked != clean).float().mean().item(),
+                         delta_ce=(ce - ce0).mean().item()))
+        print(f"eps {e:<6} codes changed {rows[-1]['codes_changed']:.3f}   U's CE change {rows[-1]['delta_ce']:+.4f}")
+    return rows
+
+
+@torch.no_grad()
+def bench_decode(batch=16, reps=3, seed=0):
+    """Wall time per candidate of `regen` and `t2i` on tiny-janus (16 x 16 codes, the same batch, C applied), and of
+    their LLM parts alone (the teacher-forced pass vs the autoregressive loop). The best of `reps` runs, seconds."""
+    torch.manual_seed(seed)
+    umm, ds = build_tiny_janus().eval(), data.ShapesVQA('val', batch)
+    b = data.collate([ds[i] for i in range(batch)])
+    x, q, C = b['images'], b['questions'], Perturber(umm.hidden_size, 16)
+    codes = umm.image_codes(x)
+    jobs = dict(regen=lambda: umm.decode(x, None, q, C, mode='regen'), regen_llm=lambda: umm.gen_states(codes, q),
+                t2i=lambda: umm.decode(x, None, q, C, mode='t2i'), t2i_llm=lambda: umm.t2i_codes(q, C))
+    out = {}
+    for k, job in jobs.items():
+        job()  # warm-up
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            job()
+            times.append(time.perf_counter() - t)
+        out[k] = min(times) / batch
+    return out

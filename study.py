@@ -37,7 +37,8 @@ import torch
 
 import data
 import evaluate
-import toy_umm
+import plots
+import toy_base
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TOKEN = ['--space', 'token', '--attack', 'token']  # Table 4's embedding rows: C learns and acts on z + delta itself
@@ -154,7 +155,8 @@ def diff_row(label, seeds, diff):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--init', default=toy_umm.BASE_DIR, help='the tiny-toy base (default: the shipped weights/tiny-toy)')
+    p.add_argument('--init', default=toy_base.BASE_DIR,
+                   help='the tiny-toy base (default: the shipped weights/tiny-toy)')
     p.add_argument('--out_dir', '--out-dir', default='out/study', help='where runs, scores and tables go')
     p.add_argument('--seeds', type=int, default=5, help='seeds of SFT vs UniGame (full) and the two controls')
     p.add_argument('--ablation-seeds', type=int, default=3, help="seeds of each Table 4 row (0: skip Table 4)")
@@ -206,8 +208,8 @@ def main():
 
     # 0. the base: the shipped one unless --init says otherwise; a missing or foreign base.pt fails now, not per run
     try:
-        toy_umm.load_base(toy_umm.build_tiny_toy(), args.init)
-    except toy_umm.BaseError as e:
+        toy_base.tiny_toy(init=args.init)
+    except toy_base.BaseError as e:
         p.error(str(e))
 
     # 1. train and score the base and every (row, seed), seed-major (an interrupted study has whole seeds rather than
@@ -271,7 +273,7 @@ def main():
     cost = {}
     for n in plan:
         runs = [os.path.join(args.out_dir, n, f'seed{s}') for s in range(plan[n])]
-        c = evaluate.mean_cost(runs)
+        c = plots.mean_cost(runs)
         peaks = [json.load(open(os.path.join(d, 'final.json')))['peak_memory_mb'] for d in runs]
         cost[n] = dict(ms_per_step=1000 * c['step'], ms_per_phase={k: 1000 * v for k, v in c['phases'].items()},
                        peak_memory_mb=max(peaks))
@@ -300,9 +302,9 @@ def main():
 @torch.no_grad()
 def decode_cost(init, batch=32, reps=5):
     """ms per candidate of G(z + C(z)) on the base, batch 32: the best of `reps` timings."""
-    import model
+    import backbones
     from perturber import Perturber
-    umm = model.load_backbone('tiny-toy', init=init).eval()
+    umm = backbones.load_backbone('tiny-toy', init=init).eval()
     ds = data.ShapesVQA('val', batch)
     b = data.collate([ds[i] for i in range(batch)])
     C, z = Perturber(umm.hidden_size), umm.encode(b['images'])

@@ -8,7 +8,8 @@ The toy UMM: a small unified model whose visual tokens z are truly shared by und
 
 Two sizes from the same transformers / diffusers classes:
   `tiny-toy`  tiny configs and a word-level tokenizer over data.VOCAB; trained from scratch on the shapes data on a
-              CPU by `train.py --mode pretrain` (the paper's Eq. 3 joint objective plus the T2I token loss).
+              CPU by `train.py --mode pretrain` (pretrain.py: the paper's Eq. 3 joint objective plus the T2I token
+              loss).
   `toy`       pretrained parts (SigLIP2-base, the Qwen2.5-VL-3B language model, SD-1.5's VAE) for a small GPU; the
               projector, adapter and T2I head are new and need the same pretraining before post-training.
 
@@ -17,36 +18,17 @@ bases hold no UNet, so it (random in tiny-toy, SD-1.5's in toy) and its cross-at
 tiny-toy's VAE encoder, which img2img reads x through, is never trained (pretraining trains the decoder only).
 """
 
-import contextlib
-import json
-import math
-import os
-import time
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from tqdm import tqdm
 from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, Siglip2VisionConfig,
                           Siglip2VisionModel)
 
 import data
-import evaluate
-from buffer import Judge
 from model import LORA_DEFAULTS, LORA_TARGETS, UMM, from_pretrained, peft_lora
 
 SPECIALS = ('<pad>', '<unk>', '<eos>', '<answer>', '<caption>', '<image>')
-# the tiny-toy base the repository ships (base.pt + judge.pt, about 5 MB), so that every machine post-trains the same
-# model; rebuilt, seed 0 for the shipped one, by the command below (README, "The tiny-toy base")
-BASE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', 'tiny-toy')
-REBUILD = 'python train.py --mode pretrain --seed 0 --out_dir weights/tiny-toy'
-PRETRAIN_SCENES = 50000  # the base learns from train scenes 0, ..., 49,999; post-training reads the ones after
-
-
-class BaseError(ValueError):
-    """A base checkpoint that is missing, unreadable or not a tiny-toy base; the message names the file and the fix."""
 TINY = dict(  # sizes of `tiny-toy`; see ../shared/FEASIBILITY.md for why 36 px images and 6 px patches
     image_size=36, patch_size=6, vision=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3,
                                              num_attention_heads=4),
@@ -326,8 +308,8 @@ def _diffusion(decoder):
     return decoder == 'diffusion'
 
 
-def build_tiny_toy(init: str | None = None, decoder='vae', **_):
-    """`tiny-toy` from its tiny configs (random init), or from a pretrain checkpoint dir `init` (base.pt inside).
+def build_tiny_toy(decoder='vae', **_):
+    """`tiny-toy` from its tiny configs, random init (toy_base.tiny_toy loads a base into it).
     decoder='diffusion' adds a tiny UNet (random init, also over a loaded base)."""
     diffusion, tok = _diffusion(decoder), word_tokenizer()
     s, p = TINY['image_size'], TINY['patch_size']
@@ -347,10 +329,7 @@ def build_tiny_toy(init: str | None = None, decoder='vae', **_):
     # the column-by-column caption opens with '<caption> left', not a new token: the vocabulary, and so the judge's
     # init (next in the torch stream), stay what they were
     marks = dict(answer='<answer>', caption='<caption>', image='<image>', column_caption='<caption> left')
-    umm = ToyUMM(vision, lm, lm_head, vae, tok, s, p, marks, unet)
-    if init is not None:
-        load_base(umm, init)
-    return umm
+    return ToyUMM(vision, lm, lm_head, vae, tok, s, p, marks, unet)
 
 
 def _sincos_positions(table, grid):
@@ -373,56 +352,6 @@ def _mrope_section(head_dim):
     return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
 
 
-def save_base(umm, directory, extra=None):
-    """The pretrained base: the full (tiny) state dict and what built it, written atomically."""
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, 'base.pt.tmp')
-    torch.save({'backbone': 'tiny-toy', 'state_dict': umm.state_dict(), **(extra or {})}, tmp)
-    os.replace(tmp, os.path.join(directory, 'base.pt'))
-
-
-def _rebuild_hint(path):
-    if os.path.abspath(path).startswith(BASE_DIR):
-        return f"rebuild it with `{REBUILD}` (about 20 min on 2 cores) or restore it with `git checkout weights/`"
-    return f"build one with `python train.py --mode pretrain --out_dir {os.path.dirname(path) or '.'}`"
-
-
-def base_file(directory) -> str:
-    """base.pt in `directory` (or `directory` itself, a file); BaseError naming the file and the fix if it is absent."""
-    path = os.path.join(directory, 'base.pt') if os.path.isdir(directory) else directory
-    if not os.path.isfile(path):
-        path = os.path.join(directory, 'base.pt')
-        raise BaseError(f"--init {directory!r}: no base checkpoint (base.pt) there; {_rebuild_hint(path)}")
-    return path
-
-
-def load_base(umm, directory):
-    """Load base.pt from `directory` (or the file itself) strictly: every key and shape of this tiny-toy, nothing
-    else, so that an architecture change without a rebuilt base fails here. Raises BaseError, never a torch trace."""
-    path = base_file(directory)
-    fix = _rebuild_hint(path)
-    try:
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or pickled objects weights_only refuses: all say the same
-        raise BaseError(f"--init {path!r} is not a readable base checkpoint ({type(e).__name__}: "
-                        f"{(str(e).splitlines() or [''])[0][:120]}); {fix}") from None
-    if not isinstance(ckpt, dict) or ckpt.get('backbone') != 'tiny-toy' or 'state_dict' not in ckpt:
-        kind = ckpt.get('backbone') if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise BaseError(f"--init {path!r} holds a {kind!r} checkpoint, not a tiny-toy base; {fix}")
-    # bases are pretrained with the VAE decoder: a diffusion decoder's UNet and cross-attention adapter stay as built
-    own = {k: v for k, v in umm.state_dict().items() if not k.startswith(('unet.', 'cross_adapter.'))}
-    theirs = ckpt['state_dict']
-    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
-    reshaped = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
-    if missing or unexpected or reshaped:
-        raise BaseError(f"--init {path!r} does not fit this tiny-toy (the architecture changed since it was built): "
-                        f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {reshaped[:3]}; {fix}")
-    umm.load_state_dict(theirs, strict=False)  # strict over `own` above; only the diffusion parts may stay new
-    if umm.decoder == 'diffusion':
-        print(f"--init {path}: the base has no UNet; the diffusion decoder and its cross-attention adapter are new")
-    return ckpt
-
-
 def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B-Instruct',
               sd='stable-diffusion-v1-5/stable-diffusion-v1-5', decoder='vae', **_):
     """`toy` from pretrained parts (hub ids or local dirs). Weights are never downloaded in tests.
@@ -440,110 +369,3 @@ def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B
     return ToyUMM(vision, lm, lm_head, vae, tok, s, vision.config.patch_size,
                   dict(answer='Answer:', caption='Caption:', image='Image:',
                        column_caption='Caption, column by column:'), unet)
-
-
-# -----------------------------------------------------------------------------
-# pretraining the tiny-toy base from scratch (train.py --mode pretrain)
-
-def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, warmup=50, lambda_gen=1.0,
-             caption_weight=1.0, t2i_weight=1.0, gen_batch=8, spatial_questions=2, judge_steps=800, judge_batch=64,
-             judge_lr=2e-3, judge_negatives=4, train_size=PRETRAIN_SCENES, val_size=1000, eval_every=1000,
-             report_size=2000, seed=0, ctx=None):
-    """Eq. 3's joint objective L_und + lambda·L_gen, plus the caption CE and the T2I token loss, all from scratch;
-    then the tiny CLIP judge on the same image/caption pairs (train_judge), then the base's report against its
-    targets on `report_size` val questions (evaluate.base_report). Writes base.pt, judge.pt, metrics.jsonl, report.json.
-
-    L_und asks every image one question of each family it can carry, and `spatial_questions` spatial ones
-    (data.question_set), packed with its caption into one LM pass: about five times the answers of one question per
-    image, for the cost of one more short text. The caption is also asked for column by column (data.caption(by='col')):
-    the order a caption lists objects in is what teaches the LM to compare them, so the row-major caption alone
-    teaches above / below and never left / right (docs/toy.md). Relations are the family learnt last and by luck of
-    the seed: with one spatial question per image, one seed of five ended at 0.843 spatial on val; with two, every
-    seed passed 0.85 (docs/toy.md, the five-seed table). The generation losses use the first `gen_batch` samples of
-    each batch: decoding is the costly part on a CPU, and 8 of 32 reach the re-read target while paying for the
-    second spatial question (360 ms a step against 395 with one question and 16 images). G's adapter and VAE decoder
-    learn at `decoder_lr_scale` times lr: at lr the decoder was still improving at the end; at 3x it ends at
-    MSE 0.0015 on val and re-reading costs under a point.
-    """
-    torch.manual_seed(seed)
-    ctx = ctx or contextlib.nullcontext()
-    train_set, val_set = data.ShapesVQA('train', train_size), data.ShapesVQA('val', val_size)
-    umm = build_tiny_toy()
-    # built now, next in the torch stream after the UMM, though trained after it: its init is what it always was
-    judge = Judge.tiny(data.VOCAB, image_size=umm.image_size, patch_size=umm.patch_size)
-    decoder = [*umm.adapter.parameters(), *umm.adapter_conv.parameters(), *umm.vae.parameters()]
-    in_decoder = set(map(id, decoder))
-    rest = [p for p in umm.parameters() if id(p) not in in_decoder]
-    opt = torch.optim.AdamW([dict(params=rest), dict(params=decoder, lr_scale=decoder_lr_scale)], lr=lr,
-                            weight_decay=0.01)
-    os.makedirs(out_dir, exist_ok=True)
-    metrics, t_start, val = open(os.path.join(out_dir, 'metrics.jsonl'), 'w'), time.time(), None
-    for step in (bar := tqdm(range(steps), desc='pretrain', dynamic_ncols=True)):
-        last_step, row = step == steps - 1, dict(step=step)
-        idx = data.batch_indices(step, len(train_set), batch_size, seed)
-        b = data.collate([train_set[i] for i in idx])
-        x = b['images']
-        # every image is asked a fresh question of each family it can carry (its dataset question is not used)
-        asked = [data.question_set(train_set.scenes[i], np.random.default_rng([seed, 2, step, i]), spatial_questions)
-                 for i in idx]
-        set_lr(opt, lr, step, steps, warmup)
-        with ctx:  # Eq. 3: L_und + lambda * L_gen, with the caption CE and the T2I token loss beside them
-            z = umm.encode(x)                                                            # (B, N, H)
-            by_col = [data.caption(train_set.scenes[i], by='col') for i in idx]
-            l_und, l_cap = (l.mean() for l in umm.questions_and_caption_loss(z, asked, b['captions'], by_col))  # Eq. 1
-            l_gen = umm.reconstruction_loss(x[:gen_batch], z[:gen_batch]).mean()         # Eq. 2
-            l_t2i = umm.t2i_loss(b['captions'][:gen_batch], None, z=z[:gen_batch]).mean()
-            loss = l_und + caption_weight * l_cap + lambda_gen * l_gen + t2i_weight * l_t2i
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(umm.parameters(), 1.0)
-        opt.step()
-        if step % 10 == 0 or last_step:
-            row.update(und=l_und.item(), cap=l_cap.item(), gen=l_gen.item(), t2i=l_t2i.item(),
-                       time=round(time.time() - t_start, 1))
-            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k not in ('step', 'time')})
-        if (step > 0 and step % eval_every == 0) or last_step:
-            row['val'] = val = evaluate.accuracy(umm, val_set)
-            tqdm.write(f"step {step}: val {json.dumps({k: round(v, 3) for k, v in val.items()})}")
-        if len(row) > 1:
-            metrics.write(json.dumps(row) + '\n')
-            metrics.flush()
-    save_base(umm, out_dir, extra=dict(step=steps))
-    train_judge(judge, train_set, judge_steps, judge_batch, judge_lr, seed, ctx, metrics, judge_negatives)
-    judge.save(os.path.join(out_dir, 'judge.pt'))
-    if report_size:  # the base against its targets (evaluate.BASE_TARGETS), on val: the rebuild reports itself
-        with ctx:
-            report = evaluate.base_report(umm.eval(), judge, 'val', report_size)
-        with open(os.path.join(out_dir, 'report.json'), 'w') as f:
-            json.dump(dict(report, seed=seed, steps=steps, seconds=round(time.time() - t_start)), f, indent=1)
-    return umm, judge, val
-
-
-def train_judge(judge, train_set, steps, batch_size, lr, seed, ctx, metrics, n_negatives=4):
-    """The buffer's semantic filter: CLIP's contrastive loss on the UMM's image/caption pairs, each image also ranked
-    above `n_negatives` versions of its caption with one shape or colour word changed (data.hard_negative): an edit of
-    one object is what a label-breaking candidate looks like. It shares nothing with the UMM. On 500 val images the
-    judge ranks the true caption above a one-word edit 0.79 of the time with one negative at 400 steps and 0.86 with
-    four at 800 (four cost 235 ms a step against 92 on 2 cores)."""
-    opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=0.01)
-    neg_rng = np.random.default_rng(seed)  # the hard negatives draw from their own stream, not torch's
-    for step in (bar := tqdm(range(steps), desc='judge', dynamic_ncols=True)):
-        b = data.collate([train_set[i] for i in data.batch_indices(step, len(train_set), batch_size, seed)])
-        negatives = [data.hard_negative(c, neg_rng) for _ in range(n_negatives) for c in b['captions']]
-        with ctx:
-            loss = judge.contrastive_loss(b['images'], b['captions'], negatives)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % 10 == 0 or step == steps - 1:
-            bar.set_postfix(judge=f"{loss.item():.3f}")
-            metrics.write(json.dumps(dict(judge_step=step, judge=loss.item())) + '\n')
-            metrics.flush()
-
-
-def set_lr(opt, lr, step, steps, warmup):
-    """Linear warm-up over `warmup` steps, then cosine decay to lr / 10; a group's `lr_scale` (default 1) scales it."""
-    progress = max(0, step - warmup) / max(1, steps - warmup)
-    schedule = min(1, (step + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-    for group in opt.param_groups:
-        group['lr'] = group.get('lr_scale', 1) * lr * schedule

@@ -8,7 +8,7 @@ import runpy
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import model  # noqa: E402
+import janus  # noqa: E402
 import toy_umm  # noqa: E402
 
 first, last = (int(v) for v in os.environ['NAN_CALLS'].split(':'))
@@ -24,7 +24,7 @@ def poisoned(understand_loss):
     return wrapped
 
 
-for cls in (toy_umm.ToyUMM, model.JanusUMM):
+for cls in (toy_umm.ToyUMM, janus.JanusUMM):
     cls.understand_loss = poisoned(cls.understand_loss)
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name='__main__')

@@ -15,8 +15,9 @@ import torch
 
 import data
 import evaluate
+import toy_base
 import toy_umm
-from buffer import Judge
+from judge import Judge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLICE = 500  # the first 500 val questions: about 2 s of greedy answers
@@ -33,18 +34,18 @@ def readme_val_accuracy():
 def test_the_shipped_base_and_judge_load_strictly():
     """Every key and shape of the current tiny-toy is in base.pt and nothing else: an architecture change without a
     rebuilt base fails here (and in CI)."""
-    umm = toy_umm.build_tiny_toy(init=toy_umm.BASE_DIR)
-    saved = torch.load(os.path.join(toy_umm.BASE_DIR, 'base.pt'), weights_only=True)['state_dict']
+    umm = toy_base.tiny_toy(init=toy_base.BASE_DIR)
+    saved = torch.load(os.path.join(toy_base.BASE_DIR, 'base.pt'), weights_only=True)['state_dict']
     assert saved.keys() == umm.state_dict().keys()
     for k, v in umm.state_dict().items():
         assert torch.equal(v, saved[k]), k
-    judge = Judge.load(os.path.join(toy_umm.BASE_DIR, 'judge.pt'))
+    judge = Judge.load(os.path.join(toy_base.BASE_DIR, 'judge.pt'))
     assert judge.image_size == (umm.image_size, umm.image_size)
 
 
 def test_the_strict_load_fails_on_a_changed_architecture(tmp_path):
     """What the first test relies on: a key too many, a key missing or another shape each raise BaseError."""
-    saved = torch.load(os.path.join(toy_umm.BASE_DIR, 'base.pt'), weights_only=True)
+    saved = torch.load(os.path.join(toy_base.BASE_DIR, 'base.pt'), weights_only=True)
     sd = saved['state_dict']
     key = next(k for k in sd if k.startswith('projector.'))
     variants = {'extra': {**sd, 'new_head.weight': torch.zeros(2)},
@@ -53,15 +54,15 @@ def test_the_strict_load_fails_on_a_changed_architecture(tmp_path):
     for name, state in variants.items():
         path = str(tmp_path / f'{name}.pt')
         torch.save({**saved, 'state_dict': state}, path)
-        with pytest.raises(toy_umm.BaseError, match='does not fit this tiny-toy'):
-            toy_umm.load_base(toy_umm.build_tiny_toy(), path)
+        with pytest.raises(toy_base.BaseError, match='does not fit this tiny-toy'):
+            toy_base.load_base(toy_umm.build_tiny_toy(), path)
 
 
 def test_the_shipped_base_answers_a_val_slice_as_the_readme_says():
     """Accuracy on the first SLICE val questions is the README's figure (on 2000) within the slice's sampling
     tolerance, three standard errors."""
     stated = readme_val_accuracy()
-    umm = toy_umm.build_tiny_toy(init=toy_umm.BASE_DIR)
+    umm = toy_base.tiny_toy(init=toy_base.BASE_DIR)
     got = evaluate.accuracy(umm, data.ShapesVQA('val', SLICE))['all']
     tolerance = 3 * math.sqrt(stated * (1 - stated) / SLICE)
     assert abs(got - stated) <= tolerance, (got, stated, tolerance)
@@ -71,8 +72,8 @@ def test_the_shipped_base_answers_a_val_slice_as_the_readme_says():
 def broken_bases(tmp_path):
     """A base dir with base.pt truncated to half, and one whose base.pt is another backbone's checkpoint."""
     truncated, foreign = tmp_path / 'truncated', tmp_path / 'foreign'
-    shutil.copytree(toy_umm.BASE_DIR, truncated)
-    shutil.copytree(toy_umm.BASE_DIR, foreign)
+    shutil.copytree(toy_base.BASE_DIR, truncated)
+    shutil.copytree(toy_base.BASE_DIR, foreign)
     raw = open(truncated / 'base.pt', 'rb').read()
     open(truncated / 'base.pt', 'wb').write(raw[:len(raw) // 2])
     torch.save({'backbone': 'tiny-janus', 'trainable': {}}, foreign / 'base.pt')
@@ -82,8 +83,8 @@ def broken_bases(tmp_path):
 @pytest.mark.parametrize('kind, says', [('truncated', 'not a readable base checkpoint'),
                                         ('foreign', "'tiny-janus' checkpoint, not a tiny-toy base")])
 def test_a_broken_base_gives_one_clear_error(broken_bases, kind, says):
-    with pytest.raises(toy_umm.BaseError, match=says) as e:
-        toy_umm.build_tiny_toy(init=broken_bases[kind])
+    with pytest.raises(toy_base.BaseError, match=says) as e:
+        toy_base.tiny_toy(init=broken_bases[kind])
     assert 'base.pt' in str(e.value) and '--mode pretrain' in str(e.value)  # names the file and the rebuild
 
 
@@ -98,7 +99,7 @@ def test_train_py_names_the_broken_file_and_the_fix_without_a_traceback(broken_b
         assert 'Traceback' not in r.stderr and '--init' in r.stderr and 'base.pt' in r.stderr, r.stderr[-2000:]
         assert '--mode pretrain' in r.stderr, name
     judge = os.path.join(broken_bases['foreign'], 'judge.pt')  # a truncated judge.pt beside a good base
-    shutil.copy(os.path.join(toy_umm.BASE_DIR, 'base.pt'), os.path.join(broken_bases['foreign'], 'base.pt'))
+    shutil.copy(os.path.join(toy_base.BASE_DIR, 'base.pt'), os.path.join(broken_bases['foreign'], 'base.pt'))
     open(judge, 'wb').write(open(judge, 'rb').read()[:1000])
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--init', broken_bases['foreign'],
                         '--steps', '1', '--out_dir', str(tmp_path / 'run')], capture_output=True, text=True, cwd=ROOT,
@@ -108,7 +109,7 @@ def test_train_py_names_the_broken_file_and_the_fix_without_a_traceback(broken_b
 
 def test_train_py_post_trains_the_shipped_base_by_default(tmp_path):
     """No --init: the run reads weights/tiny-toy (never pretrains, never writes there)."""
-    before = {f: os.path.getmtime(os.path.join(toy_umm.BASE_DIR, f)) for f in os.listdir(toy_umm.BASE_DIR)}
+    before = {f: os.path.getmtime(os.path.join(toy_base.BASE_DIR, f)) for f in os.listdir(toy_base.BASE_DIR)}
     out = str(tmp_path / 'run')
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir', out, '--steps', '1',
@@ -117,5 +118,5 @@ def test_train_py_post_trains_the_shipped_base_by_default(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'pretrain:' not in r.stderr and 'building' not in r.stdout  # no pretraining progress bar, no message
     config = json.load(open(os.path.join(out, 'config.json')))
-    assert os.path.samefile(config['init'], toy_umm.BASE_DIR)
-    assert before == {f: os.path.getmtime(os.path.join(toy_umm.BASE_DIR, f)) for f in os.listdir(toy_umm.BASE_DIR)}
+    assert os.path.samefile(config['init'], toy_base.BASE_DIR)
+    assert before == {f: os.path.getmtime(os.path.join(toy_base.BASE_DIR, f)) for f in os.listdir(toy_base.BASE_DIR)}

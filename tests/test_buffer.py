@@ -11,7 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from buffer import HardBuffer, Judge, WordTokenizer, calibrate, hardness, select_hard
+from buffer import HardBuffer, calibrate, hardness, select_hard
+from judge import Judge, WordTokenizer
 
 
 def _images(b, h=4, w=5, seed=0):

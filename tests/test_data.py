@@ -1,5 +1,5 @@
-"""Synthetic shapes data: determinism, disjoint splits, hand-checked answers, OOD shifts that keep the questions,
-and NaturalBench-style groups whose answers really flip.  Run: python -m pytest -q tests/test_data.py"""
+"""Synthetic shapes data: determinism, disjoint splits, hand-checked answers, OOD shifts that keep the questions.
+NaturalBench-style groups: tests/test_naturalgroups.py.  Run: python -m pytest -q tests/test_data.py"""
 
 import numpy as np
 import pytest
@@ -171,20 +171,6 @@ def test_augment_moves_and_blurs_each_image_within_its_bounds():
     assert torch.allclose(blurred.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=0.02)
 
 
-def test_natural_groups_flip_every_answer():
-    groups = data.NaturalGroups('test', 120)
-    for g in groups:
-        (a11, a12), (a21, a22) = g['answers']
-        assert {a11, a21} == {'yes', 'no'} and {a12, a22} == {'yes', 'no'}
-        assert g['images'].shape == (2, 3, 36, 36)
-        assert not torch.equal(g['images'][0], g['images'][1])
-        s1, s2 = g['scenes']
-        changed = set(s1.objects) ^ set(s2.objects)
-        assert 0 < len(changed) <= 4  # a minimal edit: one object recoloured/reshaped, or two swapped
-        for i, s in enumerate(g['scenes']):  # answers recomputed from the scene, not trusted
-            assert [answer(s, q) for q in g['questions']] == g['answers'][i]
-
-
 def test_vocab_covers_answers_and_is_unique():
     assert len(set(data.VOCAB)) == len(data.VOCAB)
     assert set(data.ANSWERS) <= set(data.VOCAB)
@@ -206,3 +192,17 @@ def test_generation_is_fast_enough():
     t = time.perf_counter()
     data.ShapesVQA('train', 2000)
     assert time.perf_counter() - t < 5.0  # about 0.3 s here; tens of thousands take seconds
+
+
+def test_a_harder_distribution_has_the_scenes_and_families_it_asks_for():
+    hard = data.ShapesVQA('train', 300, first=50000, min_objects=3, families=('count', 'spatial', 'spatial'))
+    assert min(len(s.objects) for s in hard.scenes) == 3
+    share = {f: hard.qtypes.count(f) / len(hard) for f in ('count', 'spatial')}
+    assert set(hard.qtypes) == {'count', 'spatial'} and 0.55 < share['spatial'] < 0.78, share
+    plain = data.ShapesVQA('train', 300, first=50000)
+    assert min(len(s.objects) for s in plain.scenes) == 1 and set(plain.qtypes) == set(data.QTYPES)
+    for i in range(len(hard)):  # every answer is still the oracle's
+        assert hard.answers[i] == data.answer(hard.scenes[i], hard.questions[i])
+    for bad in (dict(min_objects=0), dict(min_objects=6), dict(families=()), dict(families=('colour',))):
+        with pytest.raises(ValueError):
+            data.ShapesVQA('train', 5, **bad)

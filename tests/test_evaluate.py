@@ -1,7 +1,7 @@
 """evaluate.py's toy measurements: the T2I ranking counts a win only when the picture is nearer its own scene, the
 reconstruction picture has the layout it claims, PGD never beats clean accuracy and is clean accuracy at eps 0, an
-oracle generator is more consistent than a shuffled one, a run dir loads its adapter, --plot writes its PNGs, and bad
-paths fail naming themselves. Run: python -m pytest -q tests/test_evaluate.py"""
+oracle generator is more consistent than a shuffled one, a run dir loads its adapter, and bad paths fail naming
+themselves (--plot and --step-cost are tests/test_plots.py). Run: python -m pytest -q tests/test_evaluate.py"""
 
 import json
 import os
@@ -16,8 +16,10 @@ from PIL import Image
 import data
 import evaluate
 import model
+import naturalgroups
+import toy_base
 import toy_umm
-from buffer import HardBuffer, Judge
+from judge import Judge
 
 
 class Oracle:
@@ -82,18 +84,6 @@ def test_reconstruction_picture_has_three_rows(tmp_path):
     assert torch.allclose(top, ds[0]['image'], atol=1 / 255)
 
 
-def test_step_cost_leaves_out_step_zero_and_divides_by_the_first_run(tmp_path, capsys):
-    for name, times in (('sft', [9.0, 0.10, 0.20]), ('ug', [9.0, 0.30, 0.30])):
-        (tmp_path / name).mkdir()
-        with open(tmp_path / name / 'metrics.jsonl', 'w') as f:
-            f.writelines(json.dumps({'step': i, 'step_time': t, 'phase_time': dict(challenge=t / 4, understand=t / 2)})
-                         + '\n' for i, t in enumerate(times))
-    means = evaluate.step_cost([str(tmp_path / 'sft'), str(tmp_path / 'ug')])
-    assert abs(means[str(tmp_path / 'sft')] - 0.15) < 1e-9 and abs(means[str(tmp_path / 'ug')] - 0.30) < 1e-9
-    out = capsys.readouterr().out
-    assert '2.00x' in out and 'challenge 37.5  understand 75.0' in out and 'challenge 75.0  understand 150.0' in out
-
-
 def test_consistency_of_an_oracle_generator_beats_a_shuffled_one():
     torch.manual_seed(0)
     ds, judge = data.ShapesVQA('val', 24), Judge.tiny(data.VOCAB)
@@ -137,7 +127,7 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp('runs')
     torch.manual_seed(0)
     umm = toy_umm.build_tiny_toy()
-    toy_umm.save_base(umm, str(root / 'base'))
+    toy_base.save_base(umm, str(root / 'base'))
     Judge.tiny(data.VOCAB).save(str(root / 'base' / 'judge.pt'))
     umm.add_lora(r=4, alpha=8, dropout=0.0)  # not the defaults: the loader must read them from config.json
     with torch.no_grad():
@@ -166,48 +156,11 @@ def test_a_run_dir_loads_its_adapter_over_its_base(run_dir):
     assert (loss['loaded'] - loss['base']).abs().max() > 1e-3
 
 
-def _fake_run(run, space='decoded', consume=False):
-    rows = [dict(step=s, L_U=1 / (s + 1), eps=0.02 - s * 1e-4, L_C=None if s == 0 else 5 + s, asr=0.2,
-                 buffer=min(50, 13 * (s + 1)), H_mean=None if s == 0 else 0.5 + s / 100, step_time=0.1)
-            for s in range(0, 30, 10)]
-    with open(run / 'metrics.jsonl', 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in rows)
-    buffer, ds = HardBuffer(50, space=space), data.ShapesVQA('val', 6)
-    items = data.collate([ds[i] for i in range(6)])
-    stored = items['images'] if space == 'decoded' else torch.randn(6, 36, 128)
-    buffer.push(stored, items['questions'], items['answers'], torch.arange(6.0), step=3, qtypes=items['qtypes'])
-    if consume:  # --buffer-policy consume: replay has drained B, what it learnt from is in `spent`
-        buffer.sample(6, remove=True)
-    torch.save(dict(step=30, buffer=buffer.state_dict()), run / 'rank0.pt')
-
-
-def test_plot_writes_curves_and_a_gallery(run_dir, tmp_path, capsys):
-    root, _ = run_dir
-    _fake_run(root / 'run')
-    written = evaluate.plot_run(str(root / 'run'))
-    names = ('eps.png', 'losses.png', 'buffer.png', 'gallery.png')
-    assert sorted(written) == sorted(str(root / 'run' / 'plots' / n) for n in names)
-    for path in written:
-        assert Image.open(path).size[0] > 300
-    assert 'without predictions' not in capsys.readouterr().out  # the adapter loaded: predictions are drawn
-    (tmp_path / 'token').mkdir()  # a token-space run: curves, and no gallery (no images), with a message
-    _fake_run(tmp_path / 'token', space='token')
-    written = evaluate.plot_run(str(tmp_path / 'token'))
-    assert [os.path.basename(p) for p in written] == ['eps.png', 'losses.png', 'buffer.png']
-    assert 'token-space' in capsys.readouterr().out
-    (tmp_path / 'consume').mkdir()  # B drained by --buffer-policy consume: the gallery draws what was consumed
-    _fake_run(tmp_path / 'consume', consume=True)
-    written = evaluate.plot_run(str(tmp_path / 'consume'))
-    assert [os.path.basename(p) for p in written] == ['eps.png', 'losses.png', 'buffer.png', 'gallery.png']
-
-
 def test_bad_paths_fail_naming_the_path_and_what_was_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match='base.pt.*config.json and adapter/'):
         evaluate.load_checkpoint(str(tmp_path / 'nowhere'))
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         evaluate.checkpoint_kind(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match='metrics.jsonl'):
-        evaluate.plot_run(str(tmp_path))
     cli = subprocess.run([sys.executable, 'evaluate.py', '--ckpt', str(tmp_path / 'nowhere')], capture_output=True,
                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert cli.returncode == 2 and str(tmp_path / 'nowhere') in cli.stderr and 'Traceback' not in cli.stderr
@@ -228,7 +181,7 @@ class Lookup:
 
 
 def test_natural_scores_count_a_group_only_when_all_four_answers_are_right():
-    groups = data.NaturalGroups('val', 6)
+    groups = naturalgroups.NaturalGroups('val', 6)
     table = {(g['images'][i].numpy().tobytes(), q): g['answers'][i][j]
              for g in groups for i in range(2) for j, q in enumerate(g['questions'])}
     assert evaluate.natural_scores(Lookup(table), groups, batch_size=5) == \
@@ -297,7 +250,7 @@ def test_evaluation_feeds_the_model_on_its_own_device():
     """accuracy, natural_scores and the PGD attack move the CPU-built batches to the model's device."""
     umm = OnMeta()
     evaluate.accuracy(umm, data.ShapesVQA('val', 4))
-    evaluate.natural_scores(umm, data.NaturalGroups('val', 2))
+    evaluate.natural_scores(umm, naturalgroups.NaturalGroups('val', 2))
     b = next(evaluate._batches(data.ShapesVQA('val', 2), 2, umm.device))
     x_adv = evaluate.pgd_attack(umm, b['images'], b['questions'], b['answers'], steps=1)
     assert umm.seen and set(umm.seen) == {'meta'} and x_adv.device.type == 'meta'

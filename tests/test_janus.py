@@ -8,8 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import backbones
 import data
+import janus
+import memory
 import model
+import tiny_janus
 from perturber import Perturber
 
 PROMPTS = ['how many objects are there ?', 'is there a red circle left of the blue square ?']  # unequal lengths
@@ -18,7 +22,7 @@ PROMPTS = ['how many objects are there ?', 'is there a red circle left of the bl
 @pytest.fixture(scope='module')
 def umm():
     torch.manual_seed(0)
-    return model.load_backbone('tiny-janus').eval()
+    return backbones.load_backbone('tiny-janus').eval()
 
 
 @pytest.fixture(scope='module')
@@ -118,7 +122,7 @@ def test_bf16_autocast_keeps_losses_and_delta_float32(umm, batch):
 
 def test_lora_only_is_trainable_and_round_trips(tmp_path, batch):
     torch.manual_seed(0)
-    a = model.load_backbone('tiny-janus').add_lora(r=4, alpha=8, dropout=0.0)
+    a = backbones.load_backbone('tiny-janus').add_lora(r=4, alpha=8, dropout=0.0)
     trainable = {n for n, p in a.named_parameters() if p.requires_grad}
     assert len(trainable) == 2 * 4 * 2 and all('language_model' in n and 'lora_' in n for n in trainable)  # layers
     assert {id(p) for p in a.understanding_parameters()} == {id(p) for n, p in a.named_parameters() if 'lora_' in n}
@@ -131,14 +135,14 @@ def test_lora_only_is_trainable_and_round_trips(tmp_path, batch):
         assert (p.grad is not None and p.grad.abs().sum() > 0) if 'lora_' in n else p.grad is None, n
     a.save_trainable(tmp_path)
     torch.manual_seed(0)
-    b = model.load_backbone('tiny-janus').add_lora(r=4, alpha=8, dropout=0.0)
+    b = backbones.load_backbone('tiny-janus').add_lora(r=4, alpha=8, dropout=0.0)
     b.load_trainable(tmp_path)
     torch.testing.assert_close(b.understand_loss(z.detach(), batch['questions'], batch['answers']), loss.detach())
 
 
 def test_bad_backbone_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match='janus-pro-7b.*tiny-janus'):
-        model.load_backbone('tiny-janis')
+        backbones.load_backbone('tiny-janis')
 
 
 def test_janus_without_weights_fails_with_one_clear_message(monkeypatch, tmp_path):
@@ -146,17 +150,17 @@ def test_janus_without_weights_fails_with_one_clear_message(monkeypatch, tmp_pat
     monkeypatch.setenv('HF_HOME', str(tmp_path))  # an empty cache: nothing is downloaded
     for name in ('janus-pro-7b', 'deepseek-community/Janus-Pro-1B', str(tmp_path)):  # registry, hub id, empty dir
         with pytest.raises(model.MissingWeights, match='HF_HOME') as e:
-            model.load_backbone(name)
+            backbones.load_backbone(name)
         assert 'Janus-Pro' in str(e.value) and 'tiny-janus' in str(e.value)
 
 
 def test_janus_pro_7b_on_the_meta_device():
-    umm = model.load_backbone('janus-pro-7b', meta=True)
+    umm = backbones.load_backbone('janus-pro-7b', meta=True)
     assert (umm.hidden_size, umm.image_size, umm.grid) == (4096, 384, 24)
     assert umm.janus.lm_head.weight.shape == (102400, 4096) and umm.janus.lm_head.weight.is_meta
     assert umm.janus.model.generation_head.vision_head.weight.shape == (16384, 4096)  # VQ-16 codebook size
     assert umm.janus.model.aligner.fc1.weight.shape == (4096, 1024)                    # SigLIP-L width -> H
-    n = model.count_parameters('janus-pro-7b', perturber_width=256)
+    n = memory.count_parameters('janus-pro-7b', perturber_width=256)
     assert 7.3e9 < n['base'] < 7.5e9                        # the released checkpoint: 14.8 GB in bf16
     assert n['lora'] == 30 * 4 * 16 * (4096 + 4096)         # 30 layers x q, k, v, o x r (in + out)
     assert n['perturber'] == 2 * 4096 * 256 + 256 ** 2 + 2 * 256 + 4096 + 1 and n['trainable_share'] < 0.01
@@ -167,7 +171,7 @@ def test_the_adapter_loads_with_plain_peft_and_the_merged_dir_with_from_pretrain
     from peft import PeftModel
     from transformers import JanusForConditionalGeneration
     torch.manual_seed(0)
-    umm = model.build_tiny_janus()
+    umm = tiny_janus.build_tiny_janus()
     umm.janus.save_pretrained(tmp_path / 'base')                 # the frozen base, as a hub dir would hold it
     umm.add_lora(r=4, alpha=8, dropout=0.0)
     for n, p in umm.lm.named_parameters():                      # a trained adapter: lora_B no longer zero
@@ -182,13 +186,13 @@ def test_the_adapter_loads_with_plain_peft_and_the_merged_dir_with_from_pretrain
                                       tmp_path / 'adapter').eval()
     wrapped = [n for n, _ in plain.named_modules() if n.endswith('lora_A')]
     assert wrapped and all('language_model.layers' in n for n in wrapped)  # SigLIP's q_proj stays untouched
-    other = model.JanusUMM(plain.get_base_model(), umm.tok, caption_prompt='<caption>')
+    other = janus.JanusUMM(plain.get_base_model(), umm.tok, caption_prompt='<caption>')
     torch.testing.assert_close(other.understand_loss(z, batch['questions'], batch['answers']), ours)
     with plain.disable_adapter():  # and the adapter is what makes the difference
         assert (other.understand_loss(z, batch['questions'], batch['answers']) - ours).abs().max() > 1e-3
 
     umm.export_merged(tmp_path / 'merged')
-    merged = model.JanusUMM(JanusForConditionalGeneration.from_pretrained(tmp_path / 'merged').eval(), umm.tok,
+    merged = janus.JanusUMM(JanusForConditionalGeneration.from_pretrained(tmp_path / 'merged').eval(), umm.tok,
                             caption_prompt='<caption>')
     torch.testing.assert_close(merged.understand_loss(z, batch['questions'], batch['answers']), ours,
                                rtol=1e-4, atol=1e-4)
@@ -212,7 +216,7 @@ def test_prompt_ids_equal_what_janus_processor_builds(umm, system):
     transformers' own. Not checked: the hub template itself, which is not here (only its role format, above)."""
     from transformers import JanusImageProcessor, JanusProcessor
     from transformers.models.janus.processing_janus import DEFAULT_SYSTEM_PROMPT
-    ours = model.JanusUMM(umm.janus, umm.tok, DEFAULT_SYSTEM_PROMPT if system else '')
+    ours = janus.JanusUMM(umm.janus, umm.tok, DEFAULT_SYSTEM_PROMPT if system else '')
     proc = JanusProcessor(JanusImageProcessor(size={'height': 32, 'width': 32}), umm.tok, CHAT_TEMPLATE,
                           use_default_system_prompt=system, num_image_tokens=umm.grid ** 2)
     q, a = PROMPTS[1], 'yes'
@@ -233,7 +237,7 @@ def test_prompt_ids_equal_what_janus_processor_builds(umm, system):
 def saved(tmp_path_factory):
     """tiny-janus saved as a hub directory: config, weights, tokenizer."""
     torch.manual_seed(0)
-    umm, d = model.build_tiny_janus(), tmp_path_factory.mktemp('tiny-janus')
+    umm, d = tiny_janus.build_tiny_janus(), tmp_path_factory.mktemp('tiny-janus')
     umm.janus.save_pretrained(d)
     umm.tok.save_pretrained(d)
     return d
@@ -252,12 +256,12 @@ def test_loading_is_strict_and_names_the_keys(saved, tmp_path):
             weights['extra.w'] = torch.zeros(1)
         save_file(weights, d / 'model.safetensors', metadata={'format': 'pt'})
         with pytest.raises(ValueError, match=match):
-            model.load_backbone(str(d), dtype=torch.float32)
+            backbones.load_backbone(str(d), dtype=torch.float32)
     # DeepSeek's original format: say what to download or convert, not "missing weights"
     (tmp_path / 'original').mkdir()
     (tmp_path / 'original' / 'config.json').write_text('{"model_type": "multi_modality"}')
     with pytest.raises(ValueError, match='original.*deepseek-community/Janus-Pro-7B.*convert_janus_weights_to_hf'):
-        model.load_backbone(str(tmp_path / 'original'))
+        backbones.load_backbone(str(tmp_path / 'original'))
 
 
 def test_weights_load_straight_onto_the_given_device(saved, monkeypatch):
@@ -268,7 +272,7 @@ def test_weights_load_straight_onto_the_given_device(saved, monkeypatch):
     seen, load = {}, JanusForConditionalGeneration.from_pretrained
     monkeypatch.setattr(JanusForConditionalGeneration, 'from_pretrained',
                         lambda *a, **k: seen.update(k) or load(*a, **k))  # records the keywords
-    umm = model.load_backbone(str(saved), dtype=torch.float32, device=device)
+    umm = backbones.load_backbone(str(saved), dtype=torch.float32, device=device)
     assert seen['device_map'] == {'': device} and {p.device for p in umm.parameters()} == {torch.device(device)}
 
 
@@ -278,7 +282,7 @@ def test_a_run_prints_no_deprecation_warnings(batch):
     import warnings
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        umm = model.load_backbone('tiny-janus').add_lora().checkpoint_activations()
+        umm = backbones.load_backbone('tiny-janus').add_lora().checkpoint_activations()
         z = umm.encode(batch['images'][:2])
         umm.understand_loss(z, batch['questions'][:2], batch['answers'][:2]).sum().backward()
         with torch.no_grad():

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-import model
+import tiny_janus
 from fixtures_vqa import write_vqa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,7 @@ def test_micro_batches_and_checkpointing_give_the_update_of_one_pass(tmp_path):
 
 def test_checkpointing_recomputes_layers_even_while_c_ascends_with_u_in_eval_mode():
     torch.manual_seed(0)
-    umm = model.build_tiny_janus().add_lora(dropout=0.5)
+    umm = tiny_janus.build_tiny_janus().add_lora(dropout=0.5)
     mlp, calls = umm.lm.base_model.model.layers[0].mlp, []  # inside a checkpointed layer (hooks skip recomputes)
     forward = mlp.forward
     mlp.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)

@@ -68,9 +68,9 @@ def test_caption_pairs_read_both_formats(tmp_path, kind):
 
 
 def test_janus_t2i_loss_is_per_sample_and_reaches_the_lora():
-    import model
+    import tiny_janus
     torch.manual_seed(0)
-    umm = model.build_tiny_janus().add_lora()
+    umm = tiny_janus.build_tiny_janus().add_lora()
     images = torch.rand(2, 3, 32, 32)
     loss = umm.t2i_loss(['a red circle', 'a blue square'], images)
     assert loss.shape == (2,) and loss.dtype == torch.float32 and torch.isfinite(loss).all()

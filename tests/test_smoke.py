@@ -38,8 +38,8 @@ def test_same_weights_names_the_tensor_that_differs():
 
 
 def test_the_tokenizer_must_fit_the_vocabulary():
-    import model
-    tok = model.janus_word_tokenizer()
+    import tiny_janus
+    tok = tiny_janus.janus_word_tokenizer()
     smoke.check_vocabulary(tok, 102400)  # Janus-Pro's vocabulary
     with pytest.raises(ValueError, match='outside the LM'):
         smoke.check_vocabulary(tok, len(tok) - 1)

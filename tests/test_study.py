@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import study
-import toy_umm
+import toy_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def test_paired_interval_by_hand():
 
 
 def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
-    base, out = toy_umm.BASE_DIR, str(tmp_path / 'study')  # the shipped base: its judge calibrates the filter
+    base, out = toy_base.BASE_DIR, str(tmp_path / 'study')  # the shipped base: its judge calibrates the filter
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', base, '--out_dir', out, '--seeds', '1',
            '--ablation-seeds', '0', '--steps', '2', '--size', '40', '--subset', '20', '--groups', '10',
            '--min-sim=-1e9', '--extra', '--batch-size 8 --train-size 200 --replay 4 --log-every 1 --pgd-steps 2']

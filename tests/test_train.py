@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
+import backbones
 import data
-import model
-import toy_umm
+import toy_base
 from perturber import Perturber
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ FAST = ['--train-size', '400', '--batch-size', '8', '--replay', '4', '--val-size
 def base():
     """The shipped tiny-toy base and its judge: a judge that tells a caption from its one-word edit is what the
     filter's scale is calibrated on (a few steps of pretraining give a judge that cannot)."""
-    return toy_umm.BASE_DIR
+    return toy_base.BASE_DIR
 
 
 def run(*flags, ok=True, launcher=(sys.executable,)):
@@ -48,7 +48,7 @@ def batch(n=8):
 
 def test_challenge_step_ascends_and_touches_only_c(base):
     torch.manual_seed(0)
-    umm = model.load_backbone('tiny-toy', init=base).add_lora()
+    umm = backbones.load_backbone('tiny-toy', init=base).add_lora()
     c = Perturber(umm.hidden_size, width=32, eps_max=0.5)
     opt = torch.optim.AdamW(c.parameters(), lr=5e-2)
     b = batch()
@@ -68,7 +68,7 @@ def test_challenge_step_ascends_and_touches_only_c(base):
 
 def test_understand_step_descends_and_touches_only_lora(base):
     torch.manual_seed(0)
-    umm = model.load_backbone('tiny-toy', init=base).add_lora(dropout=0.0)
+    umm = backbones.load_backbone('tiny-toy', init=base).add_lora(dropout=0.0)
     c = Perturber(umm.hidden_size, width=32)
     params = umm.understanding_parameters()
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -86,7 +86,7 @@ def test_understand_step_descends_and_touches_only_lora(base):
 
 
 def test_delta_stays_float32_under_bf16_autocast(base):
-    umm = model.load_backbone('tiny-toy', init=base)
+    umm = backbones.load_backbone('tiny-toy', init=base)
     c = Perturber(umm.hidden_size, width=32)
     b = batch(4)
     with torch.autocast('cpu', dtype=torch.bfloat16):
@@ -194,15 +194,16 @@ def open_clip_dir(tmp_path_factory):
     import contextlib
     import io
     import open_clip
-    from buffer import Judge
+    import pretrain
+    from judge import Judge
     d = tmp_path_factory.mktemp('clip')
     cfg = dict(embed_dim=64, vision_cfg=dict(image_size=36, layers=2, width=64, head_width=32, patch_size=6),
                text_cfg=dict(context_length=32, vocab_size=49408, width=64, heads=2, layers=2))
     (d / 'open_clip_config.json').write_text(json.dumps(dict(model_cfg=cfg)))
     torch.manual_seed(0)
     judge = Judge(open_clip.create_model(f'local-dir:{d}'), open_clip.get_tokenizer(f'local-dir:{d}'))
-    toy_umm.train_judge(judge, data.ShapesVQA('train', 2000), steps=150, batch_size=32, lr=2e-3, seed=0,
-                        ctx=contextlib.nullcontext(), metrics=io.StringIO(), n_negatives=1)
+    pretrain.train_judge(judge, data.ShapesVQA('train', 2000), steps=150, batch_size=32, lr=2e-3, seed=0,
+                         ctx=contextlib.nullcontext(), metrics=io.StringIO(), n_negatives=1)
     torch.save(judge.model.state_dict(), d / 'open_clip_pytorch_model.bin')
     return str(d)
 
