@@ -50,7 +50,7 @@ def read(path, expected, fields=None):
         with open(path, encoding='utf-8') as f:
             text = f.read()
         try:
-            doc = json.loads(text)
+            doc = json.loads(text)  # one JSON document; JSON lines fail here ("Extra data") and are read line by line
         except json.JSONDecodeError as e:
             try:
                 doc = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -74,14 +74,15 @@ def image_source(value, base_dir, where):
     """An image as the released files hold it -> a path or bytes: an HF image dict {'bytes', 'path'}, a path relative
     to the data file, or base64 text (MMBench's TSV)."""
     if isinstance(value, dict):
-        value = value.get('bytes') or value.get('path')
+        value = value.get('bytes') or value.get('path')  # an exported HF Image feature: the bytes, else its path
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
+    # a path is short; base64 image text runs to many KB, so only short strings are looked up on disk
     if isinstance(value, str) and len(value) < 4096 and os.path.isfile(os.path.join(base_dir, value)):
         return os.path.join(base_dir, value)
     try:
         if isinstance(value, str) and value:
-            return base64.b64decode(value, validate=True)
+            return base64.b64decode(value, validate=True)  # strict: a missing file's name ('x.jpg') is no base64
     except ValueError:
         pass
     raise ValueError(f"{where}: expected an image (a path, base64 text or HF image dict), got {str(value)[:80]!r}")
@@ -93,8 +94,8 @@ def load_image(source, size):
     img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source).convert('RGB')
     w, h = img.size
     square = Image.new('RGB', (max(w, h),) * 2, (127, 127, 127))
-    square.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
-    array = np.asarray(square.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+    square.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))  # centred on the grey square
+    array = np.asarray(square.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255  # (s, s, 3) in [0, 1]
     return torch.from_numpy(array).permute(2, 0, 1)  # (3, s, s)
 
 
@@ -120,6 +121,7 @@ def load_vqa(questions, images, annotations=None):
     for k, q in enumerate(doc['questions']):
         if not all(f in q for f in ('question_id', 'image_id', 'question')):
             raise ValueError(f"{questions!r}: question {k} lacks question_id, image_id or question")
+        # e.g. COCO_val2014_000000262148.jpg (VQAv2), else 000000262148.jpg (COCO 2017)
         names = [f"COCO_{doc.get('data_subtype', '')}_{q['image_id']:012d}.jpg", f"{q['image_id']:012d}.jpg"]
         path = next((p for p in (os.path.join(images, n) for n in names) if os.path.isfile(p)), None) if images \
             else None
@@ -129,6 +131,7 @@ def load_vqa(questions, images, annotations=None):
             raise ValueError(f"{annotations!r} has no annotation for question_id {q['question_id']}")
         if annotations:
             a = truth[q['question_id']]
+            # the 10 human answers vqa_accuracy scores against; answer_type: yes/no, number or other
             items[-1].update(answers=[x['answer'] for x in a['answers']], answer_type=a.get('answer_type', 'all'))
     if missing:
         raise FileNotFoundError(f"{len(missing)} images are not in --images {images!r} (first: {missing[:3]})")
@@ -143,6 +146,7 @@ def load_pope(questions, images):
     missing = [r['image'] for r in records if images and not os.path.isfile(os.path.join(images, r['image']))]
     if missing:
         raise FileNotFoundError(f"{len(missing)} POPE images are not in {images!r} (first: {missing[:3]})")
+    # POPE asks its own question ("Is there a <object> in the image?") with no suffix; image None without --images
     return [dict(id=r['question_id'], prompt=r['text'], image=images and os.path.join(images, r['image']),
                  label=r['label'])
             for r in records]
@@ -160,6 +164,7 @@ def load_naturalbench(path):
         if kind not in NB_SUFFIX:
             raise ValueError(f"{path!r}: record {k} has Question_Type {kind!r}; expected one of {list(NB_SUFFIX)}")
         images = [image_source(r[f'Image_{i}'], os.path.dirname(path), f"{path}: record {k} Image_{i}") for i in (0, 1)]
+        # label: the record's answer for that cell (yes/no, or A/B), read by naturalbench_extract when scored
         items += [dict(id=f"{r.get('Index', k)}_q{q}_i{i}", prompt=r[f'Question_{q}'] + NB_SUFFIX[kind], kind=kind,
                        image=images[i], label=str(r[f'Image_{i}_Question_{q}'])) for q in (0, 1) for i in (0, 1)]
     return items
@@ -171,22 +176,26 @@ def load_mmbench(path):
     question is asked once per rotation of its options (ABCD, BCDA, ...) with ids index + shift * 1e6."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path!r} not found; expected the MMBench TSV")
-    csv.field_size_limit(sys.maxsize)
+    csv.field_size_limit(sys.maxsize)  # a base64 image can exceed csv's default 128 KiB field limit
     with open(path, encoding='utf-8', newline='') as f:
         rows = list(csv.DictReader(f, delimiter='\t'))
     lacking = sorted({'index', 'question', 'A', 'B', 'image'} - set(rows[0] if rows else ()))
     if lacking:
         raise ValueError(f"{path!r} lacks columns {lacking}; expected the MMBench TSV (index, question, hint, A, B, "
                          f"C, D, answer, category, image)")
+    # circular: the file already holds VLMEvalKit's rotated copies (indices >= 1e6), so none are made here
     by_index, circular = {r['index']: r['image'] for r in rows}, any(float(r['index']) >= CIRCULAR for r in rows)
     items = []
     for r in rows:
         image = image_source(by_index.get(r['image'], r['image']) if len(r['image']) <= 64 else r['image'], '',
                              f"{path}: index {r['index']} image")
+        # options: the letter columns that are filled ('nan': an empty cell as a pandas export may write it)
         options, answer = [r[c] for c in 'ABCDEFGHI' if r.get(c, '') not in ('', 'nan')], r.get('answer') or None
         hint = r['hint'] + '\n' if r.get('hint', '') not in ('', 'nan') else ''
         if answer and answer not in 'ABCDEFGHI'[:len(options)]:
             raise ValueError(f"{path!r}: index {r['index']} answer {answer!r} is not one of its {len(options)} options")
+        # n options: n passes, each a full prediction (the cost of circular evaluation); a test split has no answer,
+        # so 'A' stands in for the rotation and the items carry answer None
         for shift in range(1 if circular else len(options)):
             opts, gt = scorers.mmbench_rotate(options, answer or 'A', shift)
             prompt = hint + r['question'] + '\n' + ''.join(f"{chr(65 + j)}. {o}\n" for j, o in enumerate(opts)) + LETTER
@@ -202,6 +211,7 @@ def load_mmmu(path):
                    ('id', 'question', 'options', 'answer', 'question_type', 'image_1'))
     items = []
     for r in records:
+        # the HF release stores options as Python text "['a', 'b']"; literal_eval parses it without running code
         options = ast.literal_eval(r['options']) if isinstance(r['options'], str) else list(r['options'])
         answer = r['answer']
         if isinstance(answer, str) and answer.startswith('['):  # an open answer with several accepted forms

@@ -16,6 +16,14 @@ The understand step replays entries of B mined at earlier steps next to clean da
 candidates (Eq. 6, beta = 0.5).
 
 The judge that gives s (a CLIP) is in judge.py.
+
+    python -c "import torch, buffer; ce, s = torch.tensor([.1, .9, .5, .7, .3]), torch.tensor([1, 1, 1, .2, 1]); \\
+               h = buffer.hardness(ce, s, tau=.6, lam=1.); print(h, buffer.select_hard(h, s, min_sim=.6, quantile=.6))"
+    # Eq. 4 on five candidates: H = [.1, .9, .5, .3, .3] (the 4th, at s = 0.2, loses 0.4 to the hinge and fails
+    # min_sim); H >= 0.38, the 60th percentile, keeps the 2nd and 3rd
+    python -c "import torch, buffer; B = buffer.HardBuffer(capacity=2); x = torch.rand(3, 3, 8, 8); \\
+               print(B.push(x, ['q'] * 3, ['a'] * 3, [.5, 2., 1.], step=0), [e.hardness for e in B.entries])"
+    # 2 [2.0, 1.0]: 2 of the 3 pushed survive; a full B keeps the hardest, highest H first
 """
 
 import contextlib

@@ -24,6 +24,7 @@ import realdata
 import toy_base
 from judge import Judge
 
+# one parser, built at import; train.py calls parse(__doc__), which fills in its description and reads sys.argv
 p = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter)
 # model
 p.add_argument('--backbone', default='tiny-toy', help=f"registry name: {', '.join(backbones.BACKBONES)}")
@@ -40,7 +41,7 @@ p.add_argument('--decode', default='regen', choices=['regen', 't2i'],
 p.add_argument('--decoder', default='vae', choices=['vae', 'diffusion'],
                help="toy G: vae (one-step VAE decode of adapter(z)) or diffusion (SD-1.5 UNet img2img conditioned on "
                     "adapter(z) by cross-attention; never trained here, so shape-tested only)")
-for part in ('siglip', 'qwen', 'sd'):
+for part in ('siglip', 'qwen', 'sd'):  # --toy-siglip, --toy-qwen, --toy-sd
     p.add_argument(f'--toy-{part}', default=None,
                    help=f"--backbone toy: its {part} part, a local dir or hub id (default: toy_umm.build_toy's hub id)")
 p.add_argument('--gen-temperature', type=float, default=None,
@@ -64,7 +65,7 @@ p.add_argument('--lora-dropout', type=float, default=model.LORA_DEFAULTS['dropou
 p.add_argument('--lora-targets', default=','.join(model.LORA_TARGETS),
                help="comma-separated module names in the LM that get LoRA (the paper names none; e.g. add "
                     "gate_proj,up_proj,down_proj for the MLPs)")
-# perturber
+# perturber: C of Sec. 3.3 and Appendix B.3, trained by the challenge step (Eq. 7)
 p.add_argument('--eps', type=float, default=0.02,
                help="eps_max: the per-token L2 norm of delta relative to the RMS token norm of the tokens it perturbs, "
                     "so 0.02 (the paper's) moves every token by 2%% of a token's size on every backbone")
@@ -81,7 +82,7 @@ p.add_argument('--updates', default='1:1', help='G:U update ratio: C steps per U
 p.add_argument('--space', default='decoded', choices=['decoded', 'token'],
                help="where hard samples live: decoded images G(z + delta) (UniGame) or the perturbed tokens z + delta "
                     "themselves (Table 4's embedding-only ablation; --filter cosine compares tokens)")
-# buffer
+# buffer: B and its semantic filter (Eq. 4, Appendix F.2), and the replay that feeds Eq. 6
 p.add_argument('--buffer-size', type=int, default=50,
                help="capacity of B (paper: 50); 0 = no buffer (Table 4): a mining step's hard candidates are learnt "
                     "from at once, then dropped")
@@ -115,7 +116,7 @@ p.add_argument('--buffer-policy', default='rescore', choices=['rescore', 'keep',
                help="what replay does to an entry (the paper is silent): rescore its H with U's current CE (learnt "
                     "entries sink and are pushed out by harder ones), keep its mining-time H, or consume it (take it "
                     "out: B then holds only what replay has not reached yet)")
-# optim
+# optim: steps and batch, memory (micro-batches, checkpointing), U's learning rate, clipping, post-training data
 p.add_argument('--steps', type=int, default=300, help='post-training steps (pretrain: see --pretrain-steps)')
 p.add_argument('--batch-size', type=int, default=32, help='clean samples per step and rank')
 p.add_argument('--micro-batch', type=int, default=None,
@@ -138,7 +139,7 @@ p.add_argument('--train-families', default=','.join(data.QTYPES),
                help="question families of post-training, drawn uniformly from this comma-separated list, so a family "
                     "named twice comes twice as often (default: each once, the base's own distribution)")
 p.add_argument('--pretrain-steps', type=int, default=3000, help='steps of --mode pretrain (tiny-toy, batch 32)')
-# eval
+# eval: what a run measures (metrics.jsonl, final.json), and the attack of the pgd control
 p.add_argument('--log-every', type=int, default=10, help='steps between metrics.jsonl lines')
 p.add_argument('--asr-every', type=int, default=1,
                help="steps between measurements of attack success and clean error (greedy answers to the clean rows "
@@ -175,39 +176,40 @@ def parse(description=None, argv=None):
     p.description = description
     args = p.parse_args(argv)
     args.out_dir = args.out_dir or f'out/{args.mode}'
+    # tiny backbones run on CPUs, where bf16 is slow without bf16 units; real ones on GPUs in bf16 (half the bytes)
     args.dtype = args.dtype or ('float32' if args.backbone.startswith('tiny-') else 'bfloat16')
     args.filter_zero = args.filter_zero or ('edit' if args.data == 'shapes' else 'scene')  # edits need shape words
     args.micro_batch = backbones.default_micro_batch(args.backbone) if args.micro_batch is None else args.micro_batch
-    check(args)
+    check(args)  # the flags alone first (instant), then the files they name
     return args, preload(args)
 
 
 def check(args):
     """Each flag alone and the combinations that cannot run, from the flags alone (no file is read)."""
-    for flag in ('gen_lr', 'und_lr', 'eps', 'pgd_eps'):
+    for flag in ('gen_lr', 'und_lr', 'eps', 'pgd_eps'):  # > 0 and finite: a nan or inf would reach every update
         if not (getattr(args, flag) > 0 and math.isfinite(getattr(args, flag))):
             fail('--' + flag.replace('_', '-'), f"must be a finite number > 0, got {getattr(args, flag)}")
     if args.micro_batch < 0:
         fail('--micro-batch', f"must be >= 0 (0: one pass per step), got {args.micro_batch}")
     for flag in ('steps', 'batch_size', 'train_size', 'candidates', 'mine_every', 'log_every', 'save_every',
-                 'pretrain_steps', 'lora_r', 'asr_every', 'calibration', 'pgd_steps'):
+                 'pretrain_steps', 'lora_r', 'asr_every', 'calibration', 'pgd_steps'):  # counts, and `step % every`
         if getattr(args, flag) < 1:
             fail('--' + flag.replace('_', '-'), f"must be >= 1, got {getattr(args, flag)}")
     if min(args.buffer_size, args.replay, args.beta, args.lam, args.clip_grad_u, args.clip_grad_c, args.val_size,
-           args.t2i_weight) < 0:
+           args.t2i_weight) < 0:  # here 0 means something: no buffer, no replay, no penalty, no clipping, no val table
         fail('--buffer-size/--replay/--beta/--lam/--clip-grad-u/--clip-grad-c/--val-size/--t2i-weight',
              'must be >= 0')
-    for flag in ('questions', 'annotations', 'images'):
+    for flag in ('questions', 'annotations', 'images'):  # else a forgotten --data vqav2 trains on shapes silently
         if getattr(args, flag) and args.data != 'vqav2':
             fail('--' + flag, f"is read with --data vqav2 only (got --data {args.data})")
-    if not 0 < args.hard_quantile < 1:
+    if not 0 < args.hard_quantile < 1:  # a share: F.2's 60th percentile of H is 0.6
         fail('--hard-quantile', f"must be in (0, 1), got {args.hard_quantile}")
-    try:
+    try:  # '1:5' -> one C update per 5 U updates (Table 8's sweep of the G/U ratio)
         g_updates, u_updates = (int(v) for v in args.updates.split(':'))
         assert g_updates >= 1 and u_updates >= 1
     except (ValueError, AssertionError):
         fail('--updates', f"must be G:U with integers >= 1 (e.g. 1:5), got {args.updates!r}")
-    if args.space == 'token' and args.filter == 'clip':
+    if args.space == 'token' and args.filter == 'clip':  # CLIP reads images; token space has none to show it
         fail('--filter', "clip needs decoded images; with --space token use --filter cosine (token cosine) or none")
     # K > 1 candidates of a sample differ only if something samples: the noise, or the decoder (Janus at a temperature
     # > 0: --gen-temperature, default 1 for t2i and 0 for regen; the toy decoder never samples)
@@ -217,7 +219,7 @@ def check(args):
         fail('--candidates', f"K = {args.candidates} would give identical candidates: C and this decoder are "
                              f"deterministic; use a sampling decoder (Janus --gen-temperature > 0 or --decode t2i) "
                              f"or --perturb random")
-    if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):
+    if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):  # now, before the backbone loads
         fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
     if args.backbone not in backbones.BACKBONES and not backbones.is_checkpoint_name(args.backbone):
         fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(backbones.BACKBONES)}, a Janus hub id "
@@ -225,13 +227,13 @@ def check(args):
     if args.merge_to and args.backbone in ('tiny-toy', 'toy'):
         fail('--merge-to', f"merges a Janus backbone's LoRA into a Hugging Face dir; {args.backbone} has none to "
                            f"write")
-    if args.gen_temperature is not None and not args.gen_temperature >= 0:
+    if args.gen_temperature is not None and not args.gen_temperature >= 0:  # `not >= 0`: nan fails too
         fail('--gen-temperature', f"must be >= 0, got {args.gen_temperature}")
     if args.mode == 'pretrain' and args.backbone != 'tiny-toy':
         fail('--backbone', f"--mode pretrain builds the tiny-toy base only, got {args.backbone}")
     if not 1 <= args.train_min_objects <= data.MAX_OBJECTS:
         fail('--train-min-objects', f"must be in 1..{data.MAX_OBJECTS}, got {args.train_min_objects}")
-    unknown = set(args.train_families.split(',')) - set(data.QTYPES)
+    unknown = set(args.train_families.split(',')) - set(data.QTYPES)  # repeats are allowed: they weight a family
     if unknown:
         fail('--train-families', f"unknown {', '.join(sorted(unknown))}; families: {', '.join(data.QTYPES)}")
 
@@ -249,6 +251,7 @@ def preload(args):
             fail('--init', str(e).removeprefix('--init '))
     # the filter's judge; only the tiny-toy's defaults to its base's judge.pt, a real backbone must be given a CLIP
     judge_path = args.judge or (os.path.join(args.init, 'judge.pt') if args.backbone == 'tiny-toy' else '')
+    # only Algorithm 1 mines; its filter needs the judge on decoded images (clip: text-image, cosine: image-image)
     judge_path = judge_path if args.mode == 'unigame' and args.filter != 'none' and args.space == 'decoded' else None
     if judge_path == '':
         fail('--judge', f"--filter {args.filter} on {args.backbone} needs a real CLIP: pass an open_clip "
@@ -267,7 +270,7 @@ def preload(args):
     # the reader that checks the filter from outside the game: the toy's scenes only
     toy_scenes = args.backbone == 'tiny-toy' and args.data == 'shapes'
     reader_path = args.reader or (scene_reader.PATH if toy_scenes else 'none')
-    if args.mode == 'unigame' and args.space == 'decoded' and reader_path != 'none':
+    if args.mode == 'unigame' and args.space == 'decoded' and reader_path != 'none':  # it reads mined candidates
         if args.backbone != 'tiny-toy' or args.data != 'shapes':
             fail('--reader', f"reads the toy's 36 px scenes only, not {args.backbone}'s or {args.data}'s images; use "
                              f"--reader none")
@@ -295,6 +298,7 @@ def preload(args):
 def build_umm(args, device, dtype):
     """The UMM the flags name, on `device` with frozen weights in `dtype`, LoRA on U (--lora-*) and activation
     checkpointing where asked; in training mode. A load failure stops with one line naming its flag."""
+    # only the --toy-* flags given, so that build_toy keeps its hub ids for the rest
     toy_parts = {k: getattr(args, f'toy_{k}') for k in ('siglip', 'qwen', 'sd') if getattr(args, f'toy_{k}')}
     try:
         umm = backbones.load_backbone(args.backbone, init=args.init or None, dtype=dtype, decode=args.decode,
@@ -313,7 +317,9 @@ def build_umm(args, device, dtype):
     unknown = set(targets) - {name.split('.')[-1] for name, _ in umm.lm.named_modules()}
     if unknown:  # peft would skip a name that matches nothing as long as another one matches
         fail('--lora-targets', f"no module of the LM is named {', '.join(sorted(unknown))}")
+    # freezes every weight, then LoRA on U's LM: the only trainable parameters of the UMM (C lives outside it)
     umm.add_lora(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets).train()
+    # trades one more forward per layer in backward for ~1/layers of the activation memory (memory.py measures it)
     if (args.activation_checkpointing or ('off' if args.backbone.startswith('tiny-') else 'on')) == 'on':
         umm.checkpoint_activations()
     return umm

@@ -204,7 +204,7 @@ def _spatial(a: Obj, rel: str, b: Obj) -> str:
 def caption(scene: Scene, by: str = 'row') -> str:
     """Enough words to re-draw the scene: each object's colour, shape and cell, and the background. Objects are listed
     row by row (by='row': the caption of the data, T2I and the judge) or column by column (by='col': a pretraining
-    turn that teaches left and right as the row-major one teaches above and below; README, "Measured so far")."""
+    turn that teaches left and right as the row-major one teaches above and below; docs/toy.md)."""
     if by not in ('row', 'col'):
         raise ValueError(f"caption order by={by!r}; expected 'row' or 'col'")
     objs = sorted(scene.objects, key=lambda o: (o.row, o.col) if by == 'row' else (o.col, o.row))

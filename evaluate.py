@@ -47,11 +47,11 @@ def accuracy(umm, dataset, batch_size=256, transform=None) -> dict:
     umm.eval()
     right, total = defaultdict(int), defaultdict(int)
     for batch in _batches(dataset, batch_size, umm.device):
-        images = batch['images'] if transform is None else transform(batch['images'])
-        predictions = umm.answer(umm.encode(images), batch['questions'])
+        images = batch['images'] if transform is None else transform(batch['images'])   # (B, 3, s, s)
+        predictions = umm.answer(umm.encode(images), batch['questions'])                 # z (B, N, H) -> B strings
         for p, a, t in zip(predictions, batch['answers'], batch['qtypes']):
             for key in ('all', t):
-                right[key] += p == a
+                right[key] += p == a  # exact match: the toy's answers are single words of data.ANSWERS
                 total[key] += 1
     umm.train(was_training)
     return _ordered(right, total)
@@ -68,7 +68,7 @@ def base_vs_trained(umm, size, label='trained') -> dict:
     """Val accuracy, clean and under each OOD shift, with and without the LoRA adapter (the same base weights);
     prints a table and returns {'base': {...}, 'trained': {...}}."""
     sets = {'clean': data.ShapesVQA('val', size), **{s: data.ShapesVQA('val', size, shift=s) for s in data.SHIFTS}}
-    trained = {k: accuracy(umm, v)['all'] for k, v in sets.items()}
+    trained = {k: accuracy(umm, v)['all'] for k, v in sets.items()}  # 1 + 4 shifts sets, each scored twice
     with umm.lm.disable_adapter():  # peft: the base model, adapters off
         base = {k: accuracy(umm, v)['all'] for k, v in sets.items()}
     print(f"\nval accuracy ({size} questions each)\n{'':14}{'base':>8}{label:>10}{'diff':>8}")
@@ -84,14 +84,17 @@ def pgd_attack(umm, images, questions, answers, eps=8 / 255, steps=10, step_size
     """L-inf PGD (Madry et al., no random start, so it is deterministic) on the pixels: `steps` signed-gradient ascent
     steps of `step_size` on the per-sample understand_loss through encode, projected on the eps-ball around `images`
     and on [0, 1]. Call with the model in eval mode (LoRA dropout off). Returns (B, 3, s, s)."""
-    x_adv = images.clone()
+    x_adv = images.clone()                                                      # (B, 3, s, s), starts at x itself
     with torch.enable_grad():
+        # cost: a step is a forward and a backward (about two forwards) through Enc and U: ~30 forwards at steps=10
         for _ in range(steps if eps > 0 else 0):
             x_adv.requires_grad_(True)
             # the sum of per-sample losses: samples do not interact, so each image gets its own sample's gradient
             loss = umm.understand_loss(umm.encode(x_adv), questions, answers).sum()
             grad, = torch.autograd.grad(loss, x_adv)                                # no weight gradients kept
+            # L-inf steepest ascent: every pixel moves by exactly step_size (2/255 by default) up or down
             x_adv = x_adv.detach() + step_size * grad.sign()
+            # projection: |x_adv - x| <= eps per pixel (8/255 is 4 steps of 2/255 away), then the valid range [0, 1]
             x_adv = (images + (x_adv - images).clamp(-eps, eps)).clamp(0, 1)      # (B, 3, s, s)
     return x_adv.detach()
 
@@ -103,10 +106,10 @@ def pgd_accuracy(umm, dataset, eps=8 / 255, steps=10, step_size=2 / 255, batch_s
     right = 0
     for b in _batches(dataset, batch_size, umm.device):
         x, q, a = b['images'], b['questions'], b['answers']
-        x_adv = pgd_attack(umm, x, q, a, eps, steps, step_size)
-        with torch.no_grad():
+        x_adv = pgd_attack(umm, x, q, a, eps, steps, step_size)                  # (B, 3, s, s)
+        with torch.no_grad():  # two greedy answers per sample on top of the attack's `steps` forward + backward passes
             clean, attacked = umm.answer(umm.encode(x), q), umm.answer(umm.encode(x_adv), q)
-        right += sum(c == t and d == t for c, d, t in zip(clean, attacked, a))
+        right += sum(c == t and d == t for c, d, t in zip(clean, attacked, a))  # right before AND after the attack
     return right / len(dataset)
 
 
@@ -122,15 +125,17 @@ def natural_scores(umm, groups, batch_size=256) -> dict:
             for i in range(2):
                 images.append(g['images'][i])
                 questions.append(g['questions'][q])
-                truth.append(int(g['answers'][i][q] == 'yes'))
-    predictions = []
+                truth.append(int(g['answers'][i][q] == 'yes'))  # the extractor's coding: 1 yes, 0 no
+    predictions = []  # 4 greedy answers per group: 1000 groups are 4000 answers
     for s in range(0, len(images), batch_size):
         x = torch.stack(images[s:s + batch_size]).to(umm.device)                 # (b, 3, h, w) on the model's device
         predictions += umm.answer(umm.encode(x), questions[s:s + batch_size])
-    pattern = (1, 0, 0, 1)
+    pattern = (1, 0, 0, 1)  # the right answers get_scores assumes: q0_i0 yes, q0_i1 no, q1_i0 no, q1_i1 yes
     cells = [pattern[k % 4] if scorers.naturalbench_extract(p) == t else 1 - pattern[k % 4]
              for k, (p, t) in enumerate(zip(predictions, truth))]
-    return scorers.naturalbench_scores([cells[k:k + 4] for k in range(0, len(cells), 4)])
+    # Q-Acc: a question right on both images; I-Acc: an image right on both questions; G-Acc: all four cells right.
+    # The answers flip across the two images, so answering from the question alone scores Q-Acc = G-Acc = 0.
+    return scorers.naturalbench_scores([cells[k:k + 4] for k in range(0, len(cells), 4)])   # groups of 4 cells
 
 
 # -----------------------------------------------------------------------------
@@ -143,26 +148,28 @@ def consistency(umm, dataset, judge=None, batch_size=250) -> dict:
     (cosine of the mean-pooled z), then their mean. Also the share of captions that are exactly right (U's half)."""
     sims, exact = defaultdict(list), 0
     for b in _batches(dataset, batch_size, umm.device):
-        x = b['images']
+        x = b['images']                                                           # (B, 3, s, s)
+        # on the toy the costly half: up to 48 greedy tokens per caption, each a full LM pass (no KV cache)
         captions = umm.caption(x)
         x_hat = umm.generate(captions)                                            # (B, 3, s, s)
         exact += sum(c == t for c, t in zip(captions, b['captions']))
-        z, z_hat = (umm.encode(v).float().mean(1).flatten(1) for v in (x, x_hat))  # (B, H)
-        sims['encoder'].append(F.cosine_similarity(z, z_hat, dim=-1))
-        if judge is not None:
-            sims['judge'].append(judge.image_image_similarity(x_hat, x))
+        z, z_hat = (umm.encode(v).float().mean(1).flatten(1) for v in (x, x_hat))  # (B, N, H) -> mean over N (B, H)
+        sims['encoder'].append(F.cosine_similarity(z, z_hat, dim=-1))             # (B,)
+        if judge is not None:  # UnifiedBench's encoders are CLIP, SigLIP and DINO (benchmarks.py); here the toy's CLIP
+            sims['judge'].append(judge.image_image_similarity(x_hat, x))          # (B,)
     out = {k: torch.cat(v).mean().item() for k, v in sims.items()}
-    out['mean'] = sum(out.values()) / len(out)
+    out['mean'] = sum(out.values()) / len(out)  # an unweighted mean over the encoders at hand (1 or 2)
     return {**out, 'caption_exact': exact / len(dataset)}
 
 
 @torch.no_grad()
 def t2i_ranking(umm, judge, dataset, batch_size=256) -> float:
     """Share of captions whose text-to-image picture the judge finds closer to the captioned scene than to another
-    scene (the next one in the split, which is a random draw): image-image cosine in the judge's embedding."""
+    scene (the previous one in the batch, which is a random draw): image-image cosine in the judge's embedding."""
     wins = []
     for batch in _batches(dataset, batch_size, umm.device):
-        generated, x = umm.generate(batch['captions']), batch['images']
+        generated, x = umm.generate(batch['captions']), batch['images']          # (B, 3, s, s) each
+        # x.roll(1, 0)[i] is x[i - 1], another random scene: a win is judging G(caption_i) nearer x_i than it
         wins.append(judge.image_image_similarity(generated, x) > judge.image_image_similarity(generated, x.roll(1, 0)))
     return torch.cat(wins).float().mean().item()
 
@@ -174,7 +181,7 @@ def edit_ranking(judge, dataset, batch_size=256, seed=0) -> float:
     rng, wins = np.random.default_rng(seed), []
     for batch in _batches(dataset, batch_size, judge.device):
         x, captions = batch['images'], batch['captions']
-        edits = [data.hard_negative(c, rng) for c in captions]
+        edits = [data.hard_negative(c, rng) for c in captions]  # one shape or colour word changed: no longer the scene
         wins.append(judge.image_text_similarity(x, captions) > judge.image_text_similarity(x, edits))
     return torch.cat(wins).float().mean().item()
 
@@ -186,9 +193,9 @@ def save_reconstructions(umm, dataset, path, n=8, scale=4):
     from PIL import Image
     batch = next(_batches(dataset, n, umm.device))
     x = batch['images']
-    rows = [x, umm.render(umm.encode(x)), umm.generate(batch['captions'])]
+    rows = [x, umm.render(umm.encode(x)), umm.generate(batch['captions'])]   # 3 x (n, 3, s, s)
     grid = torch.cat([torch.cat(list(r.clamp(0, 1).cpu()), 2) for r in rows], 1)    # (3, 3 s, n s)
-    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype('uint8')
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype('uint8')         # (3 s, n s, 3) for PIL
     Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST).save(path)
 
 
@@ -197,7 +204,7 @@ def majority_baseline(train, test) -> dict:
     answers = defaultdict(lambda: defaultdict(int))
     for a, t in zip(train.answers, train.qtypes):
         answers[t][a] += 1
-    top = {t: max(c, key=c.get) for t, c in answers.items()}
+    top = {t: max(c, key=c.get) for t, c in answers.items()}  # per family: the answer prior an image-blind model learns
     right, total = defaultdict(int), defaultdict(int)
     for a, t in zip(test.answers, test.qtypes):
         for key in ('all', t):
@@ -237,7 +244,7 @@ def load_checkpoint(path):
         umm = backbones.load_backbone(config['backbone'], init=base, decoder=config.get('decoder', 'vae'))
         targets = model.lora_targets(config.get('lora_targets', ','.join(model.LORA_TARGETS)))
         umm.add_lora(r=config['lora_r'], alpha=config['lora_alpha'], dropout=config['lora_dropout'], targets=targets)
-        umm.load_trainable(os.path.join(path, 'adapter'))
+        umm.load_trainable(os.path.join(path, 'adapter'))  # the peft adapter train.py saved; the base stays as loaded
     judges = [p for p in (os.path.join(path, 'judge.pt'), base and os.path.join(base, 'judge.pt')) if p]
     judge = next((Judge.load(p) for p in judges if os.path.isfile(p)), None)
     return umm.eval(), judge
@@ -245,6 +252,8 @@ def load_checkpoint(path):
 
 def evaluate_model(umm, judge, sets, subset, attack) -> dict:
     """Every measurement of the suite for one model, with its seconds; `sets` are built once for all models."""
+    # lambdas, so that each part is timed alone; the last four read `subset` only, as pgd (`steps` forward + backward
+    # passes per batch) and consistency (captions token by token) cost the most
     parts = {'clean': lambda: accuracy(umm, sets['clean']),
              'shift': lambda: {s: accuracy(umm, sets[s])['all'] for s in data.SHIFTS},
              'natural': lambda: natural_scores(umm, sets['natural']),
@@ -283,6 +292,7 @@ def print_table(columns: dict):
 def suite_sets(split, size, subset, groups):
     """The suite's data, built once for every model: clean, each shift, NaturalBench groups; and the first `subset`
     clean questions, which get the costly measurements."""
+    # every sample is drawn from a fixed seed per split and index (data.py): the same images in every invocation
     sets = {'clean': data.ShapesVQA(split, size), 'natural': naturalgroups.NaturalGroups(split, groups),
             **{s: data.ShapesVQA(split, size, shift=s) for s in data.SHIFTS}}
     return sets, torch.utils.data.Subset(sets['clean'], range(min(subset, size)))
@@ -294,6 +304,7 @@ def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None,
     for ckpt in ckpts:  # a wrong path fails now, not after the data are built and other models scored
         checkpoint_kind(ckpt)
     sets, few = suite_sets(split, size, subset, groups)
+    # majority: the image-blind floor, each family's most common answer among 20k train questions
     results = {'settings': dict(split=split, size=size, subset=len(few), groups=groups, attack=attack),
                'majority': majority_baseline(data.ShapesVQA('train', 20000), sets['clean']), 'models': {}}
     for i, ckpt in enumerate(ckpts):

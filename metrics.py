@@ -36,7 +36,7 @@ class Metrics:
     """Sums since the last line, one tensor on the device (no .item() in the loop), and the file rank 0 writes."""
 
     def __init__(self, path, device, master, start_step=0):
-        self.sums = torch.zeros(len(SUMS), device=device)
+        self.sums = torch.zeros(len(SUMS), device=device)  # (len(SUMS),): one slot per name, one all-reduce per line
         self.file = None
         if master:  # on resume, drop the lines an interrupted run wrote after its last checkpoint
             kept = [l for l in open(path) if json.loads(l)['step'] < start_step] \
@@ -45,28 +45,32 @@ class Metrics:
             self.file.writelines(kept)
 
     def add(self, **sums):
-        for k, v in sums.items():
+        for k, v in sums.items():  # v: a device tensor or a Python number; either way no host sync in the loop
             self.sums[SUMS.index(k)] += v
 
     def add_phases(self, seconds):
         """The seconds of each phase in PHASES order."""
+        # PHASES are the last names of SUMS, so one slice adds all four (host floats: a small host -> device copy)
         self.sums[SUMS.index(PHASES[0]):] += torch.tensor(seconds, device=self.sums.device)
 
     def line(self, step, ddp, reader=False, **values) -> dict:
         """Reduce the sums over ranks, turn them into the line's means and shares (None where nothing was counted),
         add `values` (eps, buffer_kept's presence, H_mean, images_skipped), write it on rank 0, start new sums."""
         if ddp:
-            dist.all_reduce(self.sums)
-        t = dict(zip(SUMS, self.sums.tolist()))
+            dist.all_reduce(self.sums)  # SUM: counts and loss sums of every rank, so each ratio below is over all ranks
+        t = dict(zip(SUMS, self.sums.tolist()))  # the one device -> host copy (and sync) per log line
         self.sums.zero_()
         ratio = lambda k, n: t[k] / t[n] if t[n] > 0 else None  # noqa: E731  (sums over steps and ranks)
         seen = lambda v: v if reader else None                   # noqa: E731  (the reader's shares)
+        # L_C is per C update, not per step (--updates G:U gives a step 0, 1 or more); asr and clean_error count only
+        # the steps that measured them (--asr-every)
         row = dict(step=step, L_U=ratio('L_U', 'steps'), L_C=ratio('L_C', 'c_steps'), eps=values.pop('eps'),
                    asr=ratio('wrong_adv', 'asked_adv'), clean_error=ratio('wrong_clean', 'asked_clean'),
                    clean_error_accepted=ratio('wrong_adv_clean', 'asked_adv'),  # the same samples, unperturbed
                    accepted=ratio('accepted', 'candidates'), filter_reject=ratio('rejected', 'candidates'),
                    broken_accepted=seen(ratio('broken_acc', 'accepted')),
                    broken_rejected=seen(ratio('broken_rej', 'rejected')),
+                   # passed: through the filter (all - rejected), whether or not H then reached the quantile
                    broken_passed=seen((t['broken_all'] - t['broken_rej']) / (t['candidates'] - t['rejected'])
                                       if t['candidates'] > t['rejected'] else None),
                    asr_intact=seen(ratio('wrong_intact', 'asked_intact')),
@@ -75,5 +79,5 @@ class Metrics:
                    step_time=sum(t[k] for k in PHASES) / t['steps'], phase_time={k: t[k] / t['steps'] for k in PHASES})
         if self.file is not None:
             self.file.write(json.dumps(row) + '\n')
-            self.file.flush()
+            self.file.flush()  # a line per --log-every steps: flushed so `tail -f` and a crash both see it
         return row

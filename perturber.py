@@ -28,6 +28,13 @@ Size: with hidden size H and width W, C has 2·H·W + W² weights, 2·W + H bias
 (Janus-Pro-7B) gives 2,167,297 ≈ 2.2M parameters, the size of the paper's "only 2.1M" (Sec. 4.1; the paper does not
 give W). The default width is H, as Appendix B.3 words it ("the first two layers have the same width as the UMM
 hidden size"), which on H = 4096 is 50M parameters — pass --perturber-width 256 for the paper's size.
+
+    python -c "from perturber import Perturber; print(sum(p.numel() for p in Perturber(4096, 256).parameters()))"
+    # 2167297
+    python -c "import torch; from perturber import Perturber; C = Perturber(64, 32); z = torch.randn(2, 16, 64); \\
+               d = C(z); r = d.norm(dim=-1) / C.token_rms(z)[..., 0]; print(tuple(d.shape), round(C.eps.item(), 4), \\
+               round(r.min().item(), 4), round(r.max().item(), 4))"
+    # (2, 16, 64) 0.01 0.01 0.01: the gate starts at eps_max / 2, and every token moves by exactly eps · rms(z)
 """
 
 import math

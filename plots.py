@@ -31,14 +31,15 @@ def _curves(rows, path, title, left, right, share=False):
     """One PNG of two metrics.jsonl series over steps, each (label, key); `right` on a second y-axis unless `share`.
     A series with no values (e.g. L_C in an SFT run) is left out; None when both are empty."""
     import matplotlib.pyplot as plt
+    # (label, [(step, value), ...]) per metric; None (nothing counted in that interval) is left out, not drawn as 0
     series = [(label, [(r['step'], r[key]) for r in rows if r.get(key) is not None]) for label, key in (left, right)]
-    series = [(k, label, points) for k, (label, points) in enumerate(series) if points]
+    series = [(k, label, points) for k, (label, points) in enumerate(series) if points]  # k keeps each one's colour
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), layout='constrained')
     colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
     for k, label, points in series:
-        on = ax.twinx() if k == 1 and not share and len(series) == 2 else ax
+        on = ax.twinx() if k == 1 and not share and len(series) == 2 else ax  # e.g. eps (<= --eps) vs asr (a share)
         on.plot(*zip(*points), marker='.', color=colors[k], label=label)
         on.set_ylabel(label if on is not ax or len(series) == 1 or not share else f"{left[0]}, {right[0]}")
     ax.set_xlabel('step')
@@ -57,12 +58,13 @@ def candidate_difference(candidates, clean):
 
 
 def plot_gallery(run_dir, path, n=16):
-    """The hardest n buffer entries of rank 0, or, when replay consumed them all, the last n it consumed; each with its
-    question, ground truth and the run's current prediction, and, when the originals are stored, beside its original,
-    the clean decode G(z) and the difference from it (candidate_difference). None (with a message) when there is
-    nothing to draw."""
+    """The hardest n buffer entries of rank 0, or, when replay consumed them all, n of the last it consumed; each
+    with its question, ground truth and the run's current prediction, and, when the originals are stored, beside its
+    original, the clean decode G(z) and the difference from it (candidate_difference). None (with a message) when
+    there is nothing to draw."""
     import matplotlib.pyplot as plt
     state_path = os.path.join(run_dir, 'rank0.pt')
+    # rank 0's half of the last checkpoint (checkpoint.py): B's state_dict, entries hardest first
     state = torch.load(state_path, weights_only=True).get('buffer') if os.path.isfile(state_path) else None
     title = 'hardest buffer candidates'
     if state and not state['images'] and state.get('spent', {}).get('images'):  # --buffer-policy consume drains B
@@ -80,12 +82,13 @@ def plot_gallery(run_dir, path, n=16):
     originals, diffs = state.get('originals', [None] * k)[:k], None
     try:
         umm, _ = evaluate.load_checkpoint(run_dir)
-        with torch.no_grad():
+        with torch.no_grad():  # the adapter saved at the run's end answers: an entry U has learnt since shows green
             predictions = umm.answer(umm.encode(x), state['questions'][:k])
             if all(o is not None for o in originals):  # each panel: original | G(Enc(original)) | candidate | diff
                 clean = torch.stack(originals).float() / 255                              # (k, 3, s, s)
                 decoded = umm.render(umm.encode(clean)).float()                           # (k, 3, s, s) G(z)
                 diffs = candidate_difference(x, decoded)
+                # the largest channel change per pixel, x4: a change of 1/4 of the range or more is white
                 heat = (DIFF_GAIN * (x - decoded).abs().amax(1, keepdim=True)).clamp(0, 1)  # (k, 1, s, s)
                 x = torch.cat([clean, decoded, x, heat.expand_as(x)], -1)                 # (k, 3, s, 4 s)
                 title += (f' (each: original | clean decode G(z) | candidate G(z + delta) | |candidate - G(z)| '
@@ -95,7 +98,7 @@ def plot_gallery(run_dir, path, n=16):
         predictions = ['?'] * k
     wide = x.shape[-1] > x.shape[-2]  # four pictures a panel: half as many per row, twice as wide
     cols = min(2 if wide else 4, k)
-    rows = -(-k // cols)
+    rows = -(-k // cols)  # ceil(k / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols * (2 if wide else 1), (2.2 if wide else 3.6) * rows),
                              squeeze=False, layout='constrained')
     for j, ax in enumerate(axes.flat):
@@ -103,7 +106,7 @@ def plot_gallery(run_dir, path, n=16):
         if j >= k:
             continue
         q, gt, p = state['questions'][j], state['answers'][j], predictions[j]
-        ax.imshow(x[j].permute(1, 2, 0).numpy(), interpolation='nearest')
+        ax.imshow(x[j].permute(1, 2, 0).numpy(), interpolation='nearest')  # (s, w, 3); nearest keeps a 36 px toy sharp
         h, step = state['hardness'][j], state['steps'][j]
         change = '' if diffs is None else f"\n|candidate - G(z)| max {diffs[0][j]:.0f}, mean {diffs[1][j]:.1f} /255"
         ax.set_title(f"{textwrap.fill(q, 72 if wide else 36)}\nGT {gt} | pred {p} | H {h:.2f} | step {step}{change}",
@@ -122,7 +125,7 @@ def plot_run(run_dir) -> list:
         raise FileNotFoundError(f"--plot {run_dir!r}: no {path}; expected a train.py run directory "
                                 f"(metrics.jsonl, and rank0.pt for the gallery)")
     import matplotlib
-    matplotlib.use('Agg')
+    matplotlib.use('Agg')  # files only, no display: runs on a headless server
     with open(path) as f:
         try:
             rows = [json.loads(line) for line in f if line.strip()]
@@ -132,6 +135,7 @@ def plot_run(run_dir) -> list:
         raise ValueError(f"--plot: {path} must hold one JSON object with a 'step' per line, as train.py writes")
     out = os.path.join(run_dir, 'plots')
     os.makedirs(out, exist_ok=True)
+    # one shared y-axis for L_U and L_C when their mean magnitudes are within 3x of each other, else two
     lu, lc = ([abs(r[k]) for r in rows if r.get(k) is not None] for k in ('L_U', 'L_C'))
     similar = bool(lu and lc) and 1 / 3 < (sum(lu) / len(lu)) / max(1e-12, sum(lc) / len(lc)) < 3
     written = [
@@ -139,10 +143,10 @@ def plot_run(run_dir) -> list:
                 ('eps', 'eps'), ('attack success rate', 'asr')),
         _curves(rows, os.path.join(out, 'losses.png'), 'tug-of-war: L_U (understand) vs L_C (challenge)',
                 ('L_U', 'L_U'), ('L_C', 'L_C'), share=similar),
-        _curves(rows, os.path.join(out, 'buffer.png'), 'hard-sample buffer', ('buffer size', 'buffer'),
+        _curves(rows, os.path.join(out, 'buffer.png'), 'hard-sample buffer', ('entries B holds', 'buffer_kept'),
                 ('mean H', 'H_mean')),
         plot_gallery(run_dir, os.path.join(out, 'gallery.png'))]
-    written = [p for p in written if p]
+    written = [p for p in written if p]  # None: nothing to draw there (e.g. the gallery of an SFT run)
     print('wrote ' + ', '.join(written) if written else f"nothing to plot: {path} has no eps, L_U, L_C or buffer "
           f"(a pretrain run?)")
     return written
@@ -157,9 +161,11 @@ def mean_cost(run_dirs) -> dict:
     rows = []
     for d in run_dirs:
         with open(os.path.join(d, 'metrics.jsonl')) as f:
+            # step 0's line is that step alone (lines come at step % --log-every == 0): the warm-up, left out
             rows += [r for r in map(json.loads, f) if r['step'] > 0]
     if not rows:
         raise ValueError(f"{', '.join(run_dirs)}: no metrics.jsonl line after step 0; run more steps")
+    # a mean over lines, each a mean over its --log-every steps (a last, shorter interval weighs as much as the rest)
     phases = {k: sum(r['phase_time'][k] for r in rows) / len(rows) for k in rows[0].get('phase_time', {})}
     return dict(step=sum(r['step_time'] for r in rows) / len(rows), phases=phases)
 
@@ -167,7 +173,7 @@ def mean_cost(run_dirs) -> dict:
 def step_cost(run_dirs) -> dict:
     """Each run's mean step time, its ratio to the first run's, and where it goes:
     `python plots.py --step-cost out/cost_sft out/cost_unigame`."""
-    costs = {d: mean_cost([d]) for d in run_dirs}
+    costs = {d: mean_cost([d]) for d in run_dirs}  # seconds per step; printed as ms and as a multiple of the first
     for d, c in costs.items():
         print(f"{d:40} {1000 * c['step']:8.1f} ms/step {c['step'] / costs[run_dirs[0]]['step']:6.2f}x   " +
               '  '.join(f"{k} {1000 * v:.1f}" for k, v in c['phases'].items()))

@@ -33,10 +33,10 @@ import scorers
 def majority_answer(answers):
     """The most frequent of the human answers after VQA normalisation; a tie goes to the one the annotators gave
     first. Returned as the annotator wrote it (the first spelling of the winning normal form)."""
-    normal = [scorers.normalize_answer(a) for a in answers]
+    normal = [scorers.normalize_answer(a) for a in answers]  # "Two.", "two" and "2" are one answer
     counts = collections.Counter(normal)
     best = max(counts.values())
-    return next(a for a, n in zip(answers, normal) if counts[n] == best)
+    return next(a for a, n in zip(answers, normal) if counts[n] == best)  # annotator order breaks a tie
 
 
 class Streamed(Dataset):
@@ -65,7 +65,7 @@ class Streamed(Dataset):
             except (OSError, ValueError, SyntaxError):  # PIL: missing, truncated, not an image
                 self.unreadable.add(item['image'])
                 continue
-            return {**{k: v for k, v in item.items() if k != 'image'}, 'image': image}
+            return {**{k: v for k, v in item.items() if k != 'image'}, 'image': image}  # path -> its pixels
         raise RuntimeError(f"none of the {len(self.items)} images can be read (first: {self.items[0]['image']})")
 
 
@@ -81,6 +81,7 @@ def vqav2(questions, annotations, images, hold_out=0, image_size=None):
         if not (os.path.isfile(path) if kind == 'file' else os.path.isdir(path)):
             raise FileNotFoundError(f"{flag}: {path!r} is not a {kind}")
     items = benchdata.load_vqa(questions, images, annotations)  # errors name the file and its format
+    # hold out whole images, so no val question shares its picture with a training one (VQAv2 has ~5 per image)
     per_image, held, count = collections.Counter(it['image'] for it in items), set(), 0
     for item in reversed(items):  # whole images from the end of the file until `hold_out` questions are held
         if count >= hold_out:
@@ -88,8 +89,9 @@ def vqav2(questions, annotations, images, hold_out=0, image_size=None):
         if item['image'] not in held:
             held.add(item['image'])
             count += per_image[item['image']]
-    parts = {False: [], True: []}
+    parts = {False: [], True: []}  # keyed by "held out?": train, val
     for it in items:
+        # the bare question (the prompt less SHORT) and the training target, one of the 10 as an annotator wrote it
         question, target = it['prompt'][:-len(benchdata.SHORT)], majority_answer(it['answers'])
         parts[it['image'] in held].append(dict(image=it['image'], question=it['prompt'], answer=target,
                                                answers=it['answers'], qtype=it['answer_type'],
@@ -107,8 +109,8 @@ class CaptionPairs(Streamed):
         form = "CC3M-style pairs: TSV rows 'caption<TAB>image' or JSON lines {\"image\", \"caption\"}"
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--captions: {path!r} not found; expected {form}")
-        root, pairs = os.path.dirname(os.path.abspath(path)), []
-        with open(path, encoding='utf-8', newline='') as f:
+        root, pairs = os.path.dirname(os.path.abspath(path)), []  # image paths are relative to the file
+        with open(path, encoding='utf-8', newline='') as f:  # newline='': csv handles quoted line breaks itself
             if path.endswith(('.jsonl', '.json')):
                 for k, line in enumerate(f):
                     if not line.strip():
@@ -123,7 +125,7 @@ class CaptionPairs(Streamed):
                 for k, row in enumerate(csv.reader(f, delimiter='\t')):
                     if len(row) < 2 or not row[0].strip():
                         raise ValueError(f"--captions: {path!r} row {k + 1} has no caption<TAB>image; expected {form}")
-                    pairs.append((row[0], row[1]))
+                    pairs.append((row[0], row[1]))  # CC3M's order: caption, then image (extra columns ignored)
         if not pairs:
             raise ValueError(f"--captions: {path!r} holds no pairs; expected {form}")
         super().__init__([dict(caption=c, image=os.path.join(root, i)) for c, i in pairs], image_size)
@@ -134,12 +136,14 @@ def vqa_accuracy(umm, dataset, batch_size=32):
     """Mean VQA soft accuracy (scorers.vqa_accuracy against the 10 human answers) of U's greedy free-form answers."""
     import torch
     was_training, scores = umm.training, []
-    umm.eval()
+    umm.eval()  # LoRA dropout off; restored below
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
             batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            images = torch.stack([b['image'] for b in batch]).to(next(umm.parameters()).device)
+            images = torch.stack([b['image'] for b in batch]).to(next(umm.parameters()).device)  # (b, 3, s, s)
+            # greedy, at most 10 new tokens: VQAv2 answers are a word or a short phrase (the prompt asks for one)
             predictions = umm.answer(umm.encode(images), [b['question'] for b in batch], max_new_tokens=10)
+            # VQAv2's official soft accuracy: min(1, other annotators matching / 3), averaged over each one left out
             scores += [scorers.vqa_accuracy(p, b['answers']) for p, b in zip(predictions, batch)]
     umm.train(was_training)
     return sum(scores) / len(scores)
@@ -147,7 +151,7 @@ def vqa_accuracy(umm, dataset, batch_size=32):
 
 def vqa_base_vs_trained(umm, dataset, batch_size=32, label='trained'):
     """VQA accuracy on the held-out questions with and without the LoRA adapter; prints one line, returns both."""
-    trained = vqa_accuracy(umm, dataset, batch_size)
+    trained = vqa_accuracy(umm, dataset, batch_size)  # two passes over the held-out set: twice the eval time
     with umm.lm.disable_adapter():  # peft: the base model, adapters off
         base = vqa_accuracy(umm, dataset, batch_size)
     print(f"\nheld-out VQAv2 accuracy ({len(dataset)} questions): base {base:.4f}, {label} {trained:.4f}, "

@@ -78,20 +78,21 @@ def default_dtype(dtype):
 def build_janus(name, layers, dtype, out):
     """JanusForConditionalGeneration at `name`'s config (the LLM cut to `layers`), random init, saved with its
     tokenizer in `out`. Returns its state dict, its number of parameters and a line describing it."""
-    tok = janus_word_tokenizer()
+    tok = janus_word_tokenizer()  # built offline: word level over the shapes' words, with Janus's special tokens
     if name == 'tiny-janus':
         t = TINY_JANUS
         lm, vision, vq = dict(t['lm'], vocab_size=len(tok)), t['vision'], t['vq']
     else:  # vocabulary 102400, SigLIP-L/16 at 384 px, VQ-16 with 16384 codes: janus_config's defaults
         lm, vision, vq = dict(JANUS_PRO[name][1]), None, None
     full = lm['num_hidden_layers']
+    # --layers cuts the LLM's depth only; every width, the vocabulary and the towers stay as published
     lm.update(num_hidden_layers=layers or full, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
               eos_token_id=tok.eos_token_id)
     config = janus_config(lm, vision, vq, image_token_id=tok.convert_tokens_to_ids('<image_placeholder>'))
     check_vocabulary(tok, config.text_config.vocab_size)
     with default_dtype(dtype):
         janus = JanusForConditionalGeneration(config)
-    janus.save_pretrained(out)
+    janus.save_pretrained(out)  # safetensors + config.json: the files a user's download of the weights holds
     tok.save_pretrained(out)
     c, v = config.text_config, config.vision_config
     return janus.state_dict(), janus.num_parameters(), (
@@ -114,6 +115,7 @@ def build_toy(name, layers, dtype, home):
         rope = dict(rope_type='default', rope_theta=1e4, mrope_section=toy_umm._mrope_section(
             t['lm']['hidden_size'] // t['lm']['num_attention_heads']))
         text = dict(t['lm'], vocab_size=len(tok), max_position_embeddings=256, rope_parameters=rope)
+        # Qwen2.5-VL's own vision tower, tiny: a real checkpoint holds one, build_toy drops it
         vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=text['hidden_size'],
                       fullatt_block_indexes=[0])
         vae = dict(t['vae'], down_block_types=('DownEncoderBlock2D',) * 2, up_block_types=('UpDecoderBlock2D',) * 2)
@@ -132,7 +134,7 @@ def build_toy(name, layers, dtype, home):
     parts['qwen'].save_pretrained(os.path.join(home, 'qwen'))
     tok.save_pretrained(os.path.join(home, 'qwen'))
     parts['vae'].save_pretrained(os.path.join(home, 'sd', 'vae'))
-    state = {'vision.' + k: v for k, v in parts['vision'].state_dict().items()}
+    state = {'vision.' + k: v for k, v in parts['vision'].state_dict().items()}  # keys as ToyUMM names its modules
     state.update({'vae.' + k: v for k, v in parts['vae'].state_dict().items()})
     for k, v in parts['qwen'].state_dict().items():  # build_toy keeps the language model and lm_head, drops the rest
         if k.startswith(('model.language_model.', 'lm_head.')):
@@ -156,7 +158,7 @@ def same_weights(saved, loaded):
     for k, v in saved.items():
         if k not in loaded:
             raise AssertionError(f"{k} was saved but is not in the loaded model")
-        wide = torch.promote_types(v.dtype, loaded[k].dtype)
+        wide = torch.promote_types(v.dtype, loaded[k].dtype)  # bf16 -> float32 is exact, so equality stays exact
         if not torch.equal(loaded[k].detach().to('cpu', wide), v.to(wide)):
             raise AssertionError(f"{k} differs after loading")
     return len(saved)
@@ -165,13 +167,13 @@ def same_weights(saved, loaded):
 @torch.no_grad()
 def decode_times(umm, janus, ctx):
     """Seconds per candidate, batch 1, C applied, one run each: Janus regen vs t2i, toy decode vs generate."""
-    b = data.collate([data.ShapesVQA('val', 1)[0]])
+    b = data.collate([data.ShapesVQA('val', 1)[0]])  # one val scene: batch 1
     x = F.interpolate(b['images'], size=umm.image_size, mode='bilinear').clamp(0, 1).to(umm.device)  # as train.py
-    q, C, out = b['questions'], Perturber(umm.hidden_size).to(umm.device), {}
+    q, C, out = b['questions'], Perturber(umm.hidden_size).to(umm.device), {}  # an untrained C: it times, not attacks
     with ctx:
-        z = umm.encode(x)
+        z = umm.encode(x)                                                        # (1, N, H)
         jobs = dict(decode=lambda: umm.decode(x, z, q, C), generate=lambda: umm.generate(q))
-        if janus:
+        if janus:  # regen: one teacher-forced LLM pass over the N codes; t2i: N sequential steps on 2B rows (CFG)
             jobs = {m: lambda m=m: umm.decode(x, z, q, C, mode=m) for m in ('regen', 't2i')}
         for k, job in jobs.items():
             t = time.perf_counter()
@@ -182,11 +184,12 @@ def decode_times(umm, janus, ctx):
 
 def train_step(backbone, args, env, out):
     """One step of train.py on the saved model, as a user runs it: its metrics row, final.json and wall time."""
+    # --filter none: no CLIP needed; --val-size 0: no final table; 64 train scenes: quick to build
     cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--backbone', *backbone, '--steps', '1', '--filter', 'none',
            '--batch-size', str(args.batch_size), '--micro-batch', '1', '--dtype', args.dtype, '--device', args.device,
            '--val-size', '0', '--train-size', '64', '--log-every', '1', '--out_dir', out]
     t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)  # its own process: its own peak memory
     if r.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
     with open(os.path.join(out, 'metrics.jsonl')) as f, open(os.path.join(out, 'final.json')) as g:
@@ -208,6 +211,7 @@ def main(name, argv=()):
     args = p.parse_args(argv)
     if name not in SIZES:
         p.error(f"unknown size {name!r}; one of {', '.join(SIZES)}")
+    # torch's test of whether oneDNN runs bf16 fast on this CPU; if not, bf16 is the slow path of "Cost" above
     slow_cpu = args.device == 'cpu' and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
     if slow_cpu and args.dtype is None and args.layers is None and not name.startswith('tiny-'):
         args.dtype, args.layers = 'float32', 2
@@ -216,13 +220,13 @@ def main(name, argv=()):
               f"(every width, tower and token count kept); the full run: --dtype bfloat16 --layers N (hours here)")
     args.dtype = args.dtype or 'bfloat16'
     t_start, dtype, janus = time.perf_counter(), getattr(torch, args.dtype), name not in ('toy', 'tiny-toy')
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the same random weights on every run
     hf_logging.disable_progress_bar()  # transformers' bars for writing and loading shards
     with tempfile.TemporaryDirectory(prefix=f'smoke-{name}-') as tmp:
-        d, env = os.path.join(tmp, 'model'), {**os.environ, 'HF_HUB_OFFLINE': '1'}
+        d, env = os.path.join(tmp, 'model'), {**os.environ, 'HF_HUB_OFFLINE': '1'}  # train.py must load from disk alone
         t = time.perf_counter()
         saved, n, what = (build_janus if janus else build_toy)(name, args.layers, dtype, d)
-        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)  # bytes on disk
         print(f"smoke {name}: {what}\n  build + save_pretrained: {n:,} parameters in {args.dtype}, "
               f"{size / 2 ** 20:,.0f} MiB, {time.perf_counter() - t:.0f}s")
         t = time.perf_counter()
@@ -236,8 +240,8 @@ def main(name, argv=()):
         checked = same_weights(saved, state)
         print(f"  load ({'backbones.load_backbone(DIR)' if janus else 'toy_umm.build_toy(local dirs)'}): "
               f"{time.perf_counter() - t:.0f}s; {checked} saved tensors equal the loaded ones")
-        del saved, state
-        ctx = torch.autocast(args.device.split(':')[0], dtype=dtype, enabled=dtype != torch.float32)
+        del saved, state  # saved: the built model's tensors, a second model's worth of memory
+        ctx = torch.autocast(args.device.split(':')[0], dtype=dtype, enabled=dtype != torch.float32)  # as train.py's
         dec = decode_times(umm.eval(), janus, ctx)
         slow, fast = ('t2i', 'regen') if janus else ('generate', 'decode')
         codes = f" ({umm.grid ** 2} codes)" if janus else ''
@@ -274,18 +278,18 @@ def eps_probe(name='janus-pro-1b', eps=(0.005, 0.01, 0.02, 0.05, 0.1), batch=2, 
     umm = JanusUMM(JanusForConditionalGeneration(config).eval(), tok)
     ds = data.ShapesVQA('val', batch)
     b = data.collate([ds[i] for i in range(batch)])
-    x = F.interpolate(b['images'], size=umm.image_size, mode='bilinear').clamp(0, 1)
+    x = F.interpolate(b['images'], size=umm.image_size, mode='bilinear').clamp(0, 1)          # (B, 3, 384, 384)
     codes = umm.image_codes(x)                                                                 # (B, 576)
     states = umm.gen_states(codes, b['questions']).float()                                     # (B, 576, H)
-    clean = umm.pick(umm.gen_logits(states), 0.0)
-    ce0 = umm.understand_loss(umm.encode(umm.render(clean)), b['questions'], b['answers'])
-    rms = Perturber.token_rms(states)
+    clean = umm.pick(umm.gen_logits(states), 0.0)                                              # (B, 576) argmax
+    ce0 = umm.understand_loss(umm.encode(umm.render(clean)), b['questions'], b['answers'])     # (B,) U on G(z)
+    rms = Perturber.token_rms(states)                                                          # (B, 1, 1) eps's unit
     print(f"{name} (random weights), {batch} scenes at {umm.image_size} px, {codes.shape[1]} codes; post-LLM state "
           f"rms {rms.mean():.1f}; built and one clean pass in {time.time() - t0:.0f}s")
     rows = []
     for e in eps:
         delta = e * rms * F.normalize(torch.randn_like(states), dim=-1)                          # ||delta_i|| = e rms
-        picked = umm.pick(umm.gen_logits(states + delta), 0.0)
+        picked = umm.pick(umm.gen_logits(states + delta), 0.0)                                 # (B, 576)
         ce = umm.understand_loss(umm.encode(umm.render(picked)), b['questions'], b['answers'])
         rows.append(dict(eps=e, codes_changed=(picked != clean).float().mean().item(),
                          delta_ce=(ce - ce0).mean().item()))
@@ -301,7 +305,7 @@ def bench_decode(batch=16, reps=3, seed=0):
     umm, ds = build_tiny_janus().eval(), data.ShapesVQA('val', batch)
     b = data.collate([ds[i] for i in range(batch)])
     x, q, C = b['images'], b['questions'], Perturber(umm.hidden_size, 16)
-    codes = umm.image_codes(x)
+    codes = umm.image_codes(x)                                                   # (B, 256) VQ codes of x
     jobs = dict(regen=lambda: umm.decode(x, None, q, C, mode='regen'), regen_llm=lambda: umm.gen_states(codes, q),
                 t2i=lambda: umm.decode(x, None, q, C, mode='t2i'), t2i_llm=lambda: umm.t2i_codes(q, C))
     out = {}
@@ -312,5 +316,5 @@ def bench_decode(batch=16, reps=3, seed=0):
             t = time.perf_counter()
             job()
             times.append(time.perf_counter() - t)
-        out[k] = min(times) / batch
+        out[k] = min(times) / batch  # the best run (least disturbed by other jobs), per candidate
     return out

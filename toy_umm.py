@@ -16,6 +16,14 @@ Two sizes from the same transformers / diffusers classes:
 decoder='diffusion' is shape-tested only (a tiny UNet took 1.8 s a training step on a CPU, ../shared/FEASIBILITY.md):
 bases hold no UNet, so it (random in tiny-toy, SD-1.5's in toy) and its cross-attention adapter start untrained, and
 tiny-toy's VAE encoder, which img2img reads x through, is never trained (pretraining trains the decoder only).
+
+    python -c "import torch, toy_umm; u = toy_umm.build_tiny_toy(); z = u.encode(torch.rand(2, 3, 36, 36)); \\
+               print(tuple(z.shape), tuple(u.render(z).shape))"
+    # (2, 36, 128) (2, 3, 36, 36): z (B, N, H) and G(z), random init (about 15 s, most of it imports)
+    python -c "import data, toy_base; u = toy_base.tiny_toy(init=toy_base.BASE_DIR).eval(); \\
+               b = data.collate([data.ShapesVQA('val', 3)[i] for i in range(3)]); \\
+               print(b['questions'], u.answer(u.encode(b['images']), b['questions']), b['answers'])"
+    # three val questions, the shipped base's answers, the true answers
 """
 
 import torch
@@ -337,7 +345,7 @@ def _sincos_positions(table, grid):
     init): a quarter of the channels each for the sin and cos of the row and of the column, at frequencies
     1 / 10000^(k / (width / 4)). From scratch the default table (std 1 / sqrt(width)) stays a fifth of the patch
     embeddings' size, an object's column can hardly be read from its token in z, and left of / right of are never
-    learnt (README, "Measured so far"). Deterministic: it draws nothing from the torch stream."""
+    learnt (docs/toy.md). Deterministic: it draws nothing from the torch stream."""
     q = table.shape[1] // 4
     omega = 10000.0 ** -(torch.arange(q, dtype=torch.float32) / q)
     rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing='ij')

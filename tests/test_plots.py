@@ -46,7 +46,7 @@ def _fake_run(run, space='decoded', consume=False, candidates=None, originals=No
     """metrics.jsonl with three logged steps and a rank0.pt whose buffer holds six val images (or tokens), or the
     given candidates beside their originals."""
     rows = [dict(step=s, L_U=1 / (s + 1), eps=0.02 - s * 1e-4, L_C=None if s == 0 else 5 + s, asr=0.2,
-                 buffer=min(50, 13 * (s + 1)), H_mean=None if s == 0 else 0.5 + s / 100, step_time=0.1)
+                 buffer_kept=min(50, 13 * (s + 1)), H_mean=None if s == 0 else 0.5 + s / 100, step_time=0.1)
             for s in range(0, 30, 10)]
     with open(run / 'metrics.jsonl', 'w') as f:
         f.writelines(json.dumps(r) + '\n' for r in rows)
@@ -80,6 +80,16 @@ def test_plot_writes_curves_and_a_gallery(run_dir, tmp_path, capsys):
     _fake_run(tmp_path / 'consume', consume=True)
     written = plots.plot_run(str(tmp_path / 'consume'))
     assert [os.path.basename(p) for p in written] == ['eps.png', 'losses.png', 'buffer.png', 'gallery.png']
+
+
+def test_the_buffer_curve_reads_what_train_py_logs(tmp_path):
+    """buffer.png draws metrics.jsonl's buffer_kept (metrics.py's key), even where no H_mean was logged."""
+    rows = [dict(step=s, buffer_kept=13.0 * (s + 1), H_mean=None) for s in range(3)]
+    (tmp_path / 'plots').mkdir()
+    with open(tmp_path / 'metrics.jsonl', 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in rows)
+    written = plots.plot_run(str(tmp_path))
+    assert [os.path.basename(p) for p in written] == ['buffer.png']
 
 
 def test_candidate_difference_is_the_max_and_mean_absolute_difference_in_255ths():

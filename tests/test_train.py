@@ -387,7 +387,9 @@ def test_a_nan_on_one_ddp_rank_is_skipped_by_both(base, tmp_path, backbone):
     (['--clip-grad-u', '-1'], '--clip-grad-u'), (['--asr-every', '0'], '--asr-every'),
     (['--resume', '--out_dir', 'no/such/run'], '--resume'), (['--reader', 'no/such/reader.pt'], '--reader'),
     (['--backbone', 'tiny-janus', '--filter', 'none', '--reader', 'weights/tiny-toy/reader.pt'], '--reader'),
-    (['--mode', 'pgd', '--pgd-steps', '0'], '--pgd-steps'), (['--mode', 'pgd', '--pgd-eps', '-8'], '--pgd-eps')])
+    (['--mode', 'pgd', '--pgd-steps', '0'], '--pgd-steps'), (['--mode', 'pgd', '--pgd-eps', '-8'], '--pgd-eps'),
+    (['--train-min-objects', '0'], '--train-min-objects'), (['--train-families', 'count,colour'], '--train-families'),
+    (['--mode', 'pretrain', '--backbone', 'tiny-janus'], '--backbone')])
 def test_bad_flags_fail_naming_the_flag(flags, named):
     r = run(*flags, ok=False)
     assert named in r.stderr
