@@ -16,30 +16,9 @@ from PIL import Image
 
 import data
 import plots
-import toy_base
-import toy_umm
 from buffer import HardBuffer
-from judge import Judge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-    """A fresh tiny-toy base (base.pt + judge.pt) and a run dir over it with random LoRA weights."""
-    root = tmp_path_factory.mktemp('runs')
-    torch.manual_seed(0)
-    umm = toy_umm.build_tiny_toy()
-    toy_base.save_base(umm, str(root / 'base'))
-    Judge.tiny(data.VOCAB).save(str(root / 'base' / 'judge.pt'))
-    umm.add_lora(r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for p in umm.understanding_parameters():
-            p.normal_(0, 0.5)
-    umm.save_trainable(str(root / 'run' / 'adapter'))
-    with open(root / 'run' / 'config.json', 'w') as f:
-        json.dump(dict(backbone='tiny-toy', init=str(root / 'base'), lora_r=4, lora_alpha=8, lora_dropout=0.0), f)
-    return root, umm.eval()
 
 
 def _fake_run(run, space='decoded', consume=False, candidates=None, originals=None):
