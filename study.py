@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -87,10 +88,15 @@ def train(run_dir, flags, threads):
     os.makedirs(run_dir, exist_ok=True)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     with open(os.path.join(run_dir, 'train.log'), 'a') as out:  # a resumed run appends
-        r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir', run_dir, *flags, *resume],
-                           stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    if r.returncode != 0:
-        raise RunFailed(f"{run_dir} failed (exit {r.returncode}); see {run_dir}/train.log")
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir', run_dir, *flags,
+                                 *resume], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        try:
+            returncode = proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the run too: let it finish its step and save, never kill it
+            proc.wait()
+            raise
+    if returncode != 0:
+        raise RunFailed(f"{run_dir} failed (exit {returncode}); see {run_dir}/train.log")
 
 
 _SETS = {}  # the suite's data, built once per process
@@ -116,6 +122,7 @@ def train_and_score(run_dir, flags, suite, attack, threads, path):
     """One task of the study in a worker process of `threads` threads: train run_dir with `flags` (None: a base, not
     trained) unless it finished, then score it into `path` unless it was scored."""
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops, even if started where it was ignored
     if flags is not None:
         train(run_dir, flags, threads)
     return score(run_dir, suite, attack, path)
@@ -188,6 +195,7 @@ def main():
     p.add_argument('--jobs', type=int, default=max(1, min(2, os.cpu_count() or 1)),
                    help='runs trained and scored at once, each with cores/jobs threads (default: 2 on 2+ cores)')
     args = p.parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops, even if started where it was ignored
     for flag in ('seeds', 'steps', 'size', 'subset', 'groups', 'jobs'):
         if getattr(args, flag) < 1:
             p.error(f"--{flag}: must be >= 1, got {getattr(args, flag)}")
@@ -227,17 +235,26 @@ def main():
         (n, seed, run, [*common, *every[n], '--seed', str(seed)], os.path.join(run, 'score.json'))
         for n, seed, run in runs]
     results = {}
-    try:
-        with futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
-            running = {pool.submit(train_and_score, run, flags, suite, attack, threads, path): (n, seed, run)
-                       for n, seed, run, flags, path in tasks}
-            for done in futures.as_completed(running):
-                n, seed, run = running[done]
-                r = results[n, seed] = done.result()
-                log(f"{len(results)}/{len(tasks)} {run}: clean {r['clean all']:.3f}, OOD mean {r['shift mean']:.3f}, "
-                    f"PGD {r['pgd']:.3f}")
-    except RunFailed as e:
-        raise SystemExit(f"study.py: {e}")
+    pool, pending, running = futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')), \
+        list(tasks), {}
+    try:  # at most --jobs tasks handed to the pool at a time, so that a stop leaves nothing queued to start
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                n, seed, run, flags, path = pending.pop(0)
+                running[pool.submit(train_and_score, run, flags, suite, attack, threads, path)] = (n, seed, run)
+            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for f in done:
+                n, seed, run = running.pop(f)
+                r = results[n, seed] = f.result()
+                log(f"{len(results)}/{len(tasks)} {run}: clean {r['clean all']:.3f}, OOD mean "
+                    f"{r['shift mean']:.3f}, PGD {r['pgd']:.3f}")
+    except (RunFailed, KeyboardInterrupt) as e:  # nothing new starts; a running run saves its step and stops
+        pool.shutdown(wait=True)  # (Ctrl-C reaches the runs too; `kill -INT` of this process alone lets them finish)
+        if isinstance(e, RunFailed):
+            raise SystemExit(f"study.py: {e}")
+        print("\nstudy.py: interrupted; finished runs and scores are kept: run the same command again to resume")
+        raise SystemExit(130)
+    pool.shutdown()
     base = results.pop(('base', 0))
     scores = {n: [results[n, s] for s in range(k)] for n, k in plan.items()}
     t_runs = time.time() - t_start

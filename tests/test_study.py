@@ -60,3 +60,37 @@ def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path):
         r = subprocess.run([sys.executable, os.path.join(ROOT, 'study.py'), '--out_dir', str(tmp_path), *flags],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-1000:]
+
+
+def test_ctrl_c_stops_the_study_keeps_the_runs_and_starts_nothing_new(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) stops the study at once: the running train.py runs save a
+    checkpoint and stop, the runs not yet started never start, and the exit says how to resume."""
+    import signal
+    import time
+    out = str(tmp_path / 'study')
+    cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
+           '--seeds', '3', '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', '1', '--size', '40',
+           '--subset', '20', '--groups', '10',
+           '--extra', '--batch-size 4 --train-size 200 --log-every 1 --save-every 5']
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    metrics = os.path.join(out, 'sft', 'seed0', 'metrics.jsonl')
+    deadline = time.time() + 300
+    while not (os.path.isfile(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
+        time.sleep(1)  # the base is scored first (one job), then seed 0 trains
+    if not os.path.isfile(metrics):
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("seed 0 never started")
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a study running behind a failed test
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stdout[-2000:]
+    assert 'run the same command again to resume' in stdout
+    assert os.path.isfile(os.path.join(out, 'sft', 'seed0', 'ckpt.pt'))  # the interrupted run saved its step
+    assert not os.path.isfile(os.path.join(out, 'sft', 'seed0', 'final.json'))
+    assert not os.path.exists(os.path.join(out, 'sft', 'seed1'))        # what had not started never started
