@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import benchdata
 import mmmu
+import model
 import scorers
 
 UNDERSTANDING = ('vqav2', 'advqa', 'pope', 'naturalbench', 'mmbench', 'mmmu')
@@ -317,4 +318,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError, model.MissingWeights) as e:  # a missing or malformed file, absent weights:
+        raise SystemExit(f"benchmarks.py: {e}")                         # one message naming it, not a traceback

@@ -326,3 +326,14 @@ def test_unifiedbench_with_the_tiny_toy_and_a_tiny_judge(tmp_path, tiny_toy):
 def test_missing_encoder_weights_fail_with_one_clear_message(kind, where, match):
     with pytest.raises(FileNotFoundError, match=match):
         B.load_encoder(kind, where)
+
+
+def test_a_missing_file_fails_with_one_line_naming_it(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, 'benchmarks.py'), 'pope', '--questions',
+           str(tmp_path / 'no_such_pope.json'), '--images', str(tmp_path), '--out', str(tmp_path / 'o.json')]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env={**os.environ, 'OMP_NUM_THREADS': '1'},
+                       timeout=300)
+    assert r.returncode != 0 and 'no_such_pope.json' in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
