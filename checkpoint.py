@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import resource
+import signal
 
 import torch
 import torch.distributed as dist
@@ -85,6 +86,16 @@ def set_rng_states(mine, device):
     torch.set_rng_state(mine['rng'])
     if mine.get('cuda_rng') is not None and str(device).startswith('cuda'):  # a CPU resume of a GPU run keeps CPU's
         torch.cuda.set_rng_state(mine['cuda_rng'], device)
+
+
+def on_interrupt(what):
+    """From now on Ctrl-C prints one line saying what is kept (`what`) and exits with 130, no traceback. The training
+    loop installs its own handler (finish the step, save, stop); this one covers set-up, pretraining and the final
+    evaluation."""
+    def stop(*_):
+        print(f"\ntrain.py: interrupted {what}", flush=True)
+        raise SystemExit(130)
+    signal.signal(signal.SIGINT, stop)
 
 
 def peak_memory_mb(device) -> float:

@@ -41,6 +41,7 @@ from perturber import Perturber, random_delta
 
 # -----------------------------------------------------------------------------
 # the flags (config.py: defaults, units, the paper's values) and what must be read before a large backbone loads
+checkpoint.on_interrupt('during set-up, before the first step: nothing to save yet')
 args, preloaded = config.parse(__doc__)
 fail = config.fail
 g_updates, u_updates = (int(v) for v in args.updates.split(':'))  # the G:U update ratio (--updates, checked)
@@ -67,6 +68,8 @@ timings = {}
 
 if args.mode == 'pretrain':  # the tiny-toy base (the shipped one is this command with --seed 0), then stop
     t0 = time.time()
+    checkpoint.on_interrupt('during pretraining: nothing is saved before its last step, and a base already in '
+                            f'{args.out_dir} is replaced only then; run the command again')
     if master:
         pretrain.pretrain(args.out_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx)
         print(f"pretrain done in {time.time() - t0:.0f}s: {args.out_dir}/base.pt, judge.pt, report.json")
@@ -357,7 +360,8 @@ try:
                 print(f"\ninterrupted after step {step}: checkpoint saved in {args.out_dir}; continue with --resume")
             raise SystemExit(130)
 finally:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    checkpoint.on_interrupt('after training, during the final evaluation: the last checkpoint is kept, and --resume '
+                            'evaluates again')
 timings[args.mode] = time.time() - t_train
 
 # -----------------------------------------------------------------------------

@@ -412,3 +412,43 @@ def test_non_finite_losses_stop_the_run_and_keep_the_checkpoint(base, tmp_path):
     assert 'non-finite' in r.stdout + r.stderr
     ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
     assert ckpt['step'] < 30
+
+
+def test_ctrl_c_during_the_final_evaluation_says_what_is_kept_and_resume_evaluates_again(base, tmp_path):
+    """Ctrl-C after the last step, while base and trained are scored on val: one line saying the checkpoint is kept,
+    exit 130, no traceback, no final.json; `--resume` then evaluates and writes final.json."""
+    import signal
+    import time
+    out = str(tmp_path / 'eval')
+    flags = ['--init', base, '--out_dir', out, '--steps', '2', *FAST[:-4], '--log-every', '1', '--val-size', '4000']
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    ckpt, deadline = os.path.join(out, 'ckpt.pt'), time.time() + 300
+    while not os.path.isfile(ckpt) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # the last step's checkpoint is written, then the evaluation of 2 x 4000 val questions starts
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    try:
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stdout[-2000:]
+    assert 'interrupted after training, during the final evaluation' in stdout and 'Traceback' not in stdout
+    assert not os.path.isfile(os.path.join(out, 'final.json'))
+    r = run(*flags[:-2], '--val-size', '50', '--resume')
+    assert 'at step 2' in r.stdout
+    final = json.load(open(os.path.join(out, 'final.json')))    # written last: the run is complete
+    assert {'base', 'trained'} <= final.keys()
+
+
+def test_ctrl_c_outside_the_training_loop_prints_one_line(tmp_path):
+    """checkpoint.on_interrupt, as train.py installs it for set-up, pretraining and the final evaluation."""
+    code = ("import os, signal, time, checkpoint\n"
+            "checkpoint.on_interrupt('during set-up: nothing to save yet')\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(30)\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 130
+    assert r.stdout.strip() == 'train.py: interrupted during set-up: nothing to save yet' and not r.stderr
