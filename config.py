@@ -159,7 +159,8 @@ p.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16
 p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='cpu or cuda')
 p.add_argument('--seed', type=int, default=0, help='seed of init, data order, buffer sampling')
 p.add_argument('--save-every', type=int, default=100, help='steps between checkpoints (and one at the end)')
-p.add_argument('--resume', action='store_true', help='continue from out_dir/ckpt.pt exactly where it stopped')
+p.add_argument('--resume', action='store_true',
+               help='continue from out_dir/ckpt.pt exactly where it stopped (--mode pretrain: out_dir/pretrain_ckpt.pt)')
 p.add_argument('--merge-to', default=None, metavar='DIR',
                help='Janus backbones: after training, also write a Hugging Face model dir with the LoRA merged in '
                     '(JanusForConditionalGeneration.from_pretrained loads it); default: adapter only')
@@ -219,8 +220,9 @@ def check(args):
         fail('--candidates', f"K = {args.candidates} would give identical candidates: C and this decoder are "
                              f"deterministic; use a sampling decoder (Janus --gen-temperature > 0 or --decode t2i) "
                              f"or --perturb random")
-    if args.resume and not os.path.isfile(os.path.join(args.out_dir, 'ckpt.pt')):  # now, before the backbone loads
-        fail('--resume', f"no checkpoint at {os.path.join(args.out_dir, 'ckpt.pt')}")
+    ckpt = os.path.join(args.out_dir, 'pretrain_ckpt.pt' if args.mode == 'pretrain' else 'ckpt.pt')
+    if args.resume and not os.path.isfile(ckpt):  # now, before the backbone loads
+        fail('--resume', f"no checkpoint at {ckpt}")
     if args.backbone not in backbones.BACKBONES and not backbones.is_checkpoint_name(args.backbone):
         fail('--backbone', f"unknown {args.backbone!r}; valid: {', '.join(backbones.BACKBONES)}, a Janus hub id "
                            f"or dir")

@@ -2,6 +2,7 @@
 Pretraining the tiny-toy base from scratch: Eq. 3's joint objective on the shapes data, then the judge, then a report.
 
     python train.py --mode pretrain --seed 0 --out_dir weights/tiny-toy   # the shipped base (toy_base.REBUILD)
+    python train.py --mode pretrain --seed 0 --out_dir weights/tiny-toy --resume   # after Ctrl-C: from the last save
 
 About 24 min on 2 CPU cores. It writes base.pt (the UMM, toy_base.save_base), judge.pt (the buffer's tiny CLIP
 filter), metrics.jsonl (the losses every 10 steps, val accuracy every 1000) and report.json: the base against
@@ -34,7 +35,7 @@ from toy_umm import build_tiny_toy
 def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, warmup=50, lambda_gen=1.0,
              caption_weight=1.0, t2i_weight=1.0, gen_batch=8, spatial_questions=2, judge_steps=800, judge_batch=64,
              judge_lr=2e-3, judge_negatives=4, train_size=PRETRAIN_SCENES, val_size=1000, eval_every=1000,
-             report_size=2000, seed=0, ctx=None):
+             report_size=2000, seed=0, ctx=None, save_every=250, resume=False):
     """Eq. 3's joint objective L_und + lambda·L_gen, plus the caption CE and the T2I token loss, all from scratch;
     then the tiny CLIP judge on the same image/caption pairs (train_judge), then the base's report against its
     targets on `report_size` val questions (base_report). Writes base.pt, judge.pt, metrics.jsonl, report.json.
@@ -50,6 +51,9 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
     second spatial question (360 ms a step against 395 with one question and 16 images). G's adapter and VAE decoder
     learn at `decoder_lr_scale` times lr: at lr the decoder was still improving at the end; at 3x it ends at
     MSE 0.0015 on val and re-reading costs under a point.
+
+    Every `save_every` steps it writes pretrain_ckpt.pt (weights, optimizer, torch RNG, the judge's initial weights);
+    `resume=True` continues from it to the same base as an uninterrupted run. It is deleted once base.pt is written.
     """
     print(f"building a tiny-toy base in {out_dir} ({steps} steps, about 24 min on 2 cores)")
     torch.manual_seed(seed)
@@ -58,14 +62,33 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
     umm = build_tiny_toy()
     # built now, next in the torch stream after the UMM, though trained after it: its init is what it always was
     judge = Judge.tiny(data.VOCAB, image_size=umm.image_size, patch_size=umm.patch_size)
+    judge_init = {k: v.clone() for k, v in judge.state_dict().items()}  # kept in checkpoints: the torch stream moves on
     decoder = [*umm.adapter.parameters(), *umm.adapter_conv.parameters(), *umm.vae.parameters()]
     in_decoder = set(map(id, decoder))
     rest = [p for p in umm.parameters() if id(p) not in in_decoder]
     opt = torch.optim.AdamW([dict(params=rest), dict(params=decoder, lr_scale=decoder_lr_scale)], lr=lr,
                             weight_decay=0.01)
     os.makedirs(out_dir, exist_ok=True)
+    ckpt_path, start, rows = os.path.join(out_dir, 'pretrain_ckpt.pt'), 0, []
+    config = dict(steps=steps, batch_size=batch_size, seed=seed, train_size=train_size, lr=lr)
+    if resume:  # back to the last save: weights, optimizer, the torch RNG, the judge's init, metrics up to that step
+        if not os.path.isfile(ckpt_path):
+            raise ValueError(f"no pretraining checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if ckpt['config'] != config:
+            raise ValueError(f"{ckpt_path} was saved by another pretraining run: {ckpt['config']}, not {config}")
+        umm.load_state_dict(ckpt['umm'])
+        judge.load_state_dict(ckpt['judge'])
+        opt.load_state_dict(ckpt['opt'])
+        torch.set_rng_state(ckpt['rng'])
+        start = ckpt['step']
+        with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+            rows = [line for line in f if json.loads(line).get('step', steps) < start]
+        print(f"resumed pretraining from {ckpt_path} at step {start}")
     metrics, t_start, val = open(os.path.join(out_dir, 'metrics.jsonl'), 'w'), time.time(), None
-    for step in (bar := tqdm(range(steps), desc='pretrain', dynamic_ncols=True)):
+    metrics.writelines(rows)
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc='pretrain', dynamic_ncols=True)
+    for step in bar:
         last_step, row = step == steps - 1, dict(step=step)
         idx = data.batch_indices(step, len(train_set), batch_size, seed)
         b = data.collate([train_set[i] for i in idx])
@@ -95,9 +118,15 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
         if len(row) > 1:
             metrics.write(json.dumps(row) + '\n')
             metrics.flush()
+        if (step + 1) % save_every == 0 and not last_step:  # Ctrl-C loses at most save_every steps (torch.save, rename)
+            torch.save(dict(step=step + 1, config=config, umm=umm.state_dict(), judge=judge_init, opt=opt.state_dict(),
+                            rng=torch.get_rng_state()), ckpt_path + '.tmp')
+            os.replace(ckpt_path + '.tmp', ckpt_path)
     save_base(umm, out_dir, extra=dict(step=steps))
     train_judge(judge, train_set, judge_steps, judge_batch, judge_lr, seed, ctx, metrics, judge_negatives)
     judge.save(os.path.join(out_dir, 'judge.pt'))
+    if os.path.isfile(ckpt_path):  # base.pt and judge.pt are written: nothing left to resume
+        os.remove(ckpt_path)
     if report_size:  # the base against its targets (BASE_TARGETS), on val: the rebuild reports itself
         with ctx:
             report = base_report(umm.eval(), judge, 'val', report_size)

@@ -68,10 +68,13 @@ timings = {}
 
 if args.mode == 'pretrain':  # the tiny-toy base (the shipped one is this command with --seed 0), then stop
     t0 = time.time()
-    checkpoint.on_interrupt('during pretraining: nothing is saved before its last step, and a base already in '
-                            f'{args.out_dir} is replaced only then; run the command again')
+    checkpoint.on_interrupt('during pretraining: its last save (every 250 steps) is kept in '
+                            f'{args.out_dir}/pretrain_ckpt.pt; add --resume to continue')
     if master:
-        pretrain.pretrain(args.out_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx)
+        try:
+            pretrain.pretrain(args.out_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx, resume=args.resume)
+        except ValueError as e:  # --resume: no checkpoint, or one another pretraining run saved
+            fail('--resume', str(e))
         print(f"pretrain done in {time.time() - t0:.0f}s: {args.out_dir}/base.pt, judge.pt, report.json")
     raise SystemExit(0)
 

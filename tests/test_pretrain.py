@@ -57,3 +57,31 @@ def test_judge_training_does_not_depend_on_the_umm(tmp_path):
         assert torch.equal(judges[0][k], judges[1][k]), k
     umm_a, umm_b = (torch.load(str(tmp_path / f'base{s}' / 'base.pt'), weights_only=True)['state_dict'] for s in (2, 4))
     assert any(not torch.equal(umm_a[k], umm_b[k]) for k in umm_a)  # the UMMs did train differently
+
+
+def test_an_interrupted_pretraining_resumes_to_the_same_base(tmp_path, monkeypatch):
+    """Stopped after step 4 (its save at 4 kept), resumed: the same base.pt and judge.pt as a run never stopped, and
+    metrics.jsonl holds each step once."""
+    small = dict(steps=6, batch_size=8, gen_batch=4, judge_steps=3, judge_batch=8, train_size=64, val_size=8,
+                 eval_every=1000, report_size=0, save_every=2)
+    pretrain.pretrain(str(tmp_path / 'a'), **small)
+    set_lr = pretrain.set_lr
+
+    def stop_at_step_5(opt, lr, step, steps, warmup):  # Ctrl-C in the middle of step 5
+        if step == 5:
+            raise KeyboardInterrupt
+        return set_lr(opt, lr, step, steps, warmup)
+    monkeypatch.setattr(pretrain, 'set_lr', stop_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain(str(tmp_path / 'b'), **small)
+    monkeypatch.setattr(pretrain, 'set_lr', set_lr)
+    assert torch.load(str(tmp_path / 'b' / 'pretrain_ckpt.pt'), weights_only=False)['step'] == 4
+    with pytest.raises(ValueError, match='another pretraining run'):
+        pretrain.pretrain(str(tmp_path / 'b'), **dict(small, seed=1), resume=True)
+    pretrain.pretrain(str(tmp_path / 'b'), **small, resume=True)
+    for name in ('base.pt', 'judge.pt'):
+        a, b = (torch.load(str(tmp_path / d / name), weights_only=True)['state_dict'] for d in 'ab')
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    steps = [json.loads(line).get('step') for line in open(tmp_path / 'b' / 'metrics.jsonl')]
+    assert [s for s in steps if s is not None] == [0, 5]  # logged every 10 steps and at the last: once each
+    assert not os.path.exists(tmp_path / 'b' / 'pretrain_ckpt.pt')  # done: nothing left to resume
