@@ -89,11 +89,11 @@ def set_rng_states(mine, device):
 
 
 def on_interrupt(what):
-    """From now on Ctrl-C prints one line saying what is kept (`what`) and exits with 130, no traceback. The training
-    loop installs its own handler (finish the step, save, stop); this one covers set-up, pretraining and the final
-    evaluation."""
+    """From now on Ctrl-C prints one line saying what is kept (`what`: a string, or a function that says it at that
+    moment) and exits with 130, no traceback. The training loop installs its own handler (finish the step, save,
+    stop); this one covers set-up, pretraining and the final evaluation."""
     def stop(*_):
-        print(f"\ntrain.py: interrupted {what}", flush=True)
+        print(f"\ntrain.py: interrupted {what() if callable(what) else what}", flush=True)
         raise SystemExit(130)
     signal.signal(signal.SIGINT, stop)
 

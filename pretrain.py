@@ -53,7 +53,8 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
     MSE 0.0015 on val and re-reading costs under a point.
 
     Every `save_every` steps it writes pretrain_ckpt.pt (weights, optimizer, torch RNG, the judge's initial weights);
-    `resume=True` continues from it to the same base as an uninterrupted run. It is deleted once base.pt is written.
+    `resume=True` continues from it to the same base as an uninterrupted run. It is deleted once base.pt and judge.pt
+    are written; until then the log is metrics.jsonl.part, so the files of a base rebuilt in place stay as they were.
     """
     print(f"building a tiny-toy base in {out_dir} ({steps} steps, about 24 min on 2 cores)")
     torch.manual_seed(seed)
@@ -70,6 +71,7 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
                             weight_decay=0.01)
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path, start, rows = os.path.join(out_dir, 'pretrain_ckpt.pt'), 0, []
+    log_path = os.path.join(out_dir, 'metrics.jsonl.part')  # renamed to metrics.jsonl with the new base and judge
     config = dict(steps=steps, batch_size=batch_size, seed=seed, train_size=train_size, lr=lr)
     if resume:  # back to the last save: weights, optimizer, the torch RNG, the judge's init, metrics up to that step
         if not os.path.isfile(ckpt_path):
@@ -82,10 +84,10 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
         opt.load_state_dict(ckpt['opt'])
         torch.set_rng_state(ckpt['rng'])
         start = ckpt['step']
-        with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        with open(log_path) as f:
             rows = [line for line in f if json.loads(line).get('step', steps) < start]
         print(f"resumed pretraining from {ckpt_path} at step {start}")
-    metrics, t_start, val = open(os.path.join(out_dir, 'metrics.jsonl'), 'w'), time.time(), None
+    metrics, t_start, val = open(log_path, 'w'), time.time(), None
     metrics.writelines(rows)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc='pretrain', dynamic_ncols=True)
     for step in bar:
@@ -125,6 +127,8 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
     save_base(umm, out_dir, extra=dict(step=steps))
     train_judge(judge, train_set, judge_steps, judge_batch, judge_lr, seed, ctx, metrics, judge_negatives)
     judge.save(os.path.join(out_dir, 'judge.pt'))
+    metrics.close()
+    os.replace(log_path, os.path.join(out_dir, 'metrics.jsonl'))  # a base rebuilt in place is replaced only now
     if os.path.isfile(ckpt_path):  # base.pt and judge.pt are written: nothing left to resume
         os.remove(ckpt_path)
     if report_size:  # the base against its targets (BASE_TARGETS), on val: the rebuild reports itself

@@ -68,8 +68,13 @@ timings = {}
 
 if args.mode == 'pretrain':  # the tiny-toy base (the shipped one is this command with --seed 0), then stop
     t0 = time.time()
-    checkpoint.on_interrupt('during pretraining: its last save (every 250 steps) is kept in '
-                            f'{args.out_dir}/pretrain_ckpt.pt; add --resume to continue')
+    saved = os.path.join(args.out_dir, 'pretrain_ckpt.pt')  # written every 250 steps
+
+    def kept():
+        if os.path.isfile(saved):
+            return f'during pretraining: its last save, {saved}, is kept; add --resume to continue'
+        return 'during pretraining, before its first save (step 250): nothing to resume; run the command again'
+    checkpoint.on_interrupt(kept)
     if master:
         try:
             pretrain.pretrain(args.out_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx, resume=args.resume)

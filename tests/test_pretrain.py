@@ -76,6 +76,7 @@ def test_an_interrupted_pretraining_resumes_to_the_same_base(tmp_path, monkeypat
         pretrain.pretrain(str(tmp_path / 'b'), **small)
     monkeypatch.setattr(pretrain, 'set_lr', set_lr)
     assert torch.load(str(tmp_path / 'b' / 'pretrain_ckpt.pt'), weights_only=False)['step'] == 4
+    assert not os.path.exists(tmp_path / 'b' / 'metrics.jsonl')  # a base rebuilt in place keeps its files till the end
     with pytest.raises(ValueError, match='another pretraining run'):
         pretrain.pretrain(str(tmp_path / 'b'), **dict(small, seed=1), resume=True)
     pretrain.pretrain(str(tmp_path / 'b'), **small, resume=True)
