@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoint
+import config
 import data
 import evaluate
 from judge import Judge
@@ -31,6 +33,22 @@ from toy_umm import build_tiny_toy
 
 # -----------------------------------------------------------------------------
 # pretraining the tiny-toy base from scratch (train.py --mode pretrain)
+
+def run(args, ctx):
+    """train.py --mode pretrain [--resume]: pretrain() with train.py's flags; Ctrl-C says whether a save exists."""
+    t0, saved = time.time(), os.path.join(args.out_dir, 'pretrain_ckpt.pt')  # written every 250 steps
+
+    def kept():
+        if os.path.isfile(saved):
+            return f'during pretraining: its last save, {saved}, is kept; add --resume to continue'
+        return 'during pretraining, before its first save (step 250): nothing to resume; run the command again'
+    checkpoint.on_interrupt(kept)
+    try:
+        pretrain(args.out_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx, resume=args.resume)
+    except ValueError as e:  # --resume: no checkpoint, or one another pretraining run saved
+        config.fail('--resume', str(e))
+    print(f"pretrain done in {time.time() - t0:.0f}s: {args.out_dir}/base.pt, judge.pt, report.json")
+
 
 def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, warmup=50, lambda_gen=1.0,
              caption_weight=1.0, t2i_weight=1.0, gen_batch=8, spatial_questions=2, judge_steps=800, judge_batch=64,

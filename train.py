@@ -67,20 +67,8 @@ if master:
 timings = {}
 
 if args.mode == 'pretrain':  # the tiny-toy base (the shipped one is this command with --seed 0), then stop
-    t0 = time.time()
-    saved = os.path.join(args.out_dir, 'pretrain_ckpt.pt')  # written every 250 steps
-
-    def kept():
-        if os.path.isfile(saved):
-            return f'during pretraining: its last save, {saved}, is kept; add --resume to continue'
-        return 'during pretraining, before its first save (step 250): nothing to resume; run the command again'
-    checkpoint.on_interrupt(kept)
     if master:
-        try:
-            pretrain.pretrain(args.out_dir, steps=args.pretrain_steps, seed=args.seed, ctx=ctx, resume=args.resume)
-        except ValueError as e:  # --resume: no checkpoint, or one another pretraining run saved
-            fail('--resume', str(e))
-        print(f"pretrain done in {time.time() - t0:.0f}s: {args.out_dir}/base.pt, judge.pt, report.json")
+        pretrain.run(args, ctx)
     raise SystemExit(0)
 
 # -----------------------------------------------------------------------------
