@@ -80,10 +80,25 @@ def atomic_json(obj, path):
     os.replace(path + '.tmp', path)
 
 
+_STOP = None  # in a worker: the study's stop event, set by the main process on Ctrl-C (the pool's initializer)
+
+
+def init_worker(stop):
+    global _STOP
+    _STOP = stop
+
+
+def check_stop():
+    """A task handed to a worker before a Ctrl-C that the worker did not hear (it was starting) must not start."""
+    if _STOP is not None and _STOP.is_set():
+        raise KeyboardInterrupt
+
+
 def train(run_dir, flags, threads):
     """One train.py run, unless it already finished (final.json); an interrupted one resumes from its checkpoint."""
     if os.path.isfile(os.path.join(run_dir, 'final.json')):
         return
+    check_stop()
     resume = ['--resume'] if os.path.isfile(os.path.join(run_dir, 'ckpt.pt')) else []
     os.makedirs(run_dir, exist_ok=True)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
@@ -122,10 +137,32 @@ def train_and_score(run_dir, flags, suite, attack, threads, path):
     """One task of the study in a worker process of `threads` threads: train run_dir with `flags` (None: a base, not
     trained) unless it finished, then score it into `path` unless it was scored."""
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops, even if started where it was ignored
-    if flags is not None:
-        train(run_dir, flags, threads)
-    return score(run_dir, suite, attack, path)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the worker listens to Ctrl-C only while it works
+    try:
+        check_stop()
+        if flags is not None:
+            train(run_dir, flags, threads)
+        return score(run_dir, suite, attack, path)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle again: a Ctrl-C must not break the pool
+
+
+def submit(pool, *task):
+    """pool.submit with Ctrl-C ignored while it may start a worker process: the worker inherits the ignore across
+    exec, so a Ctrl-C never hits it mid-import or idle (a traceback, a broken pool); train_and_score listens."""
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return pool.submit(*task)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def stop_now(*_):
+    """A second Ctrl-C: stop the workers at once (a train.py they started got the Ctrl-C itself and saves)."""
+    for child in multiprocessing.active_children():
+        child.terminate()
+    print("study.py: stopped; finished runs and scores are kept: run the same command again to resume", flush=True)
+    os._exit(130)  # not sys.exit: the pool's exit hook would wait for the workers just stopped
 
 
 def mean_std(values):
@@ -235,13 +272,14 @@ def main():
         (n, seed, run, [*common, *every[n], '--seed', str(seed)], os.path.join(run, 'score.json'))
         for n, seed, run in runs]
     results = {}
-    pool, pending, running = futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context('spawn')), \
-        list(tasks), {}
+    spawn = multiprocessing.get_context('spawn')
+    stop, pending, running = spawn.Event(), list(tasks), {}
+    pool = futures.ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=init_worker, initargs=(stop,))
     try:  # at most --jobs tasks handed to the pool at a time, so that a stop leaves nothing queued to start
         while pending or running:
             while pending and len(running) < args.jobs:
                 n, seed, run, flags, path = pending.pop(0)
-                running[pool.submit(train_and_score, run, flags, suite, attack, threads, path)] = (n, seed, run)
+                running[submit(pool, train_and_score, run, flags, suite, attack, threads, path)] = (n, seed, run)
             done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
             for f in done:
                 n, seed, run = running.pop(f)
@@ -249,6 +287,10 @@ def main():
                 log(f"{len(results)}/{len(tasks)} {run}: clean {r['clean all']:.3f}, OOD mean "
                     f"{r['shift mean']:.3f}, PGD {r['pgd']:.3f}")
     except (RunFailed, KeyboardInterrupt) as e:  # nothing new starts; a running run saves its step and stops
+        if isinstance(e, KeyboardInterrupt):
+            stop.set()
+            signal.signal(signal.SIGINT, stop_now)
+            print("\nstudy.py: stopping: running runs save their step (Ctrl-C again to stop at once)", flush=True)
         pool.shutdown(wait=True)  # (Ctrl-C reaches the runs too; `kill -INT` of this process alone lets them finish)
         if isinstance(e, RunFailed):
             raise SystemExit(f"study.py: {e}")

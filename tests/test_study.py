@@ -94,3 +94,32 @@ def test_ctrl_c_stops_the_study_keeps_the_runs_and_starts_nothing_new(tmp_path):
     assert os.path.isfile(os.path.join(out, 'sft', 'seed0', 'ckpt.pt'))  # the interrupted run saved its step
     assert not os.path.isfile(os.path.join(out, 'sft', 'seed0', 'final.json'))
     assert not os.path.exists(os.path.join(out, 'sft', 'seed1'))        # what had not started never started
+
+
+def test_ctrl_c_while_the_workers_start_starts_nothing_and_prints_no_traceback(tmp_path):
+    """A Ctrl-C while the worker processes are still starting (importing torch): they ignore it then, so the tasks
+    already handed to them must see the study's stop and not start; no traceback, exit 130 within a minute."""
+    import signal
+    import time
+    out = str(tmp_path / 'study')
+    cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
+           '--seeds', '2', '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', '2', '--size', '40',
+           '--subset', '20', '--groups', '10', '--extra', '--batch-size 4 --train-size 200']
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # both workers spawned: the base and seed 0 are handed to them
+        workers = subprocess.run(['pgrep', '-P', str(proc.pid), '-f', 'spawn_main'], capture_output=True, text=True)
+        if len(workers.stdout.split()) == 2:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        stdout, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:  # a hang: the handed tasks ran on
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and 'Traceback' not in stdout, stdout[-2000:]
+    assert not os.path.exists(os.path.join(out, 'sft', 'seed0', 'metrics.jsonl'))  # seed 0 never trained
+    assert not os.path.exists(os.path.join(out, 'base_score.json'))
