@@ -90,13 +90,13 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path, start, rows = os.path.join(out_dir, 'pretrain_ckpt.pt'), 0, []
     log_path = os.path.join(out_dir, 'metrics.jsonl.part')  # renamed to metrics.jsonl with the new base and judge
-    config = dict(steps=steps, batch_size=batch_size, seed=seed, train_size=train_size, lr=lr)
+    settings = dict(steps=steps, batch_size=batch_size, seed=seed, train_size=train_size, lr=lr)  # must match to resume
     if resume:  # back to the last save: weights, optimizer, the torch RNG, the judge's init, metrics up to that step
         if not os.path.isfile(ckpt_path):
             raise ValueError(f"no pretraining checkpoint at {ckpt_path}")
         ckpt = torch.load(ckpt_path, weights_only=False)
-        if ckpt['config'] != config:
-            raise ValueError(f"{ckpt_path} was saved by another pretraining run: {ckpt['config']}, not {config}")
+        if ckpt['settings'] != settings:
+            raise ValueError(f"{ckpt_path} was saved by another pretraining run: {ckpt['settings']}, not {settings}")
         umm.load_state_dict(ckpt['umm'])
         judge.load_state_dict(ckpt['judge'])
         opt.load_state_dict(ckpt['opt'])
@@ -139,8 +139,8 @@ def pretrain(out_dir, steps=3000, batch_size=32, lr=1e-3, decoder_lr_scale=3.0, 
             metrics.write(json.dumps(row) + '\n')
             metrics.flush()
         if (step + 1) % save_every == 0 and not last_step:  # Ctrl-C loses at most save_every steps (torch.save, rename)
-            torch.save(dict(step=step + 1, config=config, umm=umm.state_dict(), judge=judge_init, opt=opt.state_dict(),
-                            rng=torch.get_rng_state()), ckpt_path + '.tmp')
+            torch.save(dict(step=step + 1, settings=settings, umm=umm.state_dict(), judge=judge_init,
+                            opt=opt.state_dict(), rng=torch.get_rng_state()), ckpt_path + '.tmp')
             os.replace(ckpt_path + '.tmp', ckpt_path)
     save_base(umm, out_dir, extra=dict(step=steps))
     train_judge(judge, train_set, judge_steps, judge_batch, judge_lr, seed, ctx, metrics, judge_negatives)
