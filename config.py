@@ -147,7 +147,8 @@ p.add_argument('--asr-every', type=int, default=1,
 p.add_argument('--reader', default=None,
                help="a scene reader outside the game (reader.py) that says which candidates broke their label, logged "
                     "as broken_accepted / broken_rejected (default on tiny-toy: weights/tiny-toy/reader.pt; none: off)")
-p.add_argument('--pgd-eps', type=float, default=8.0, help='--mode pgd: L-inf radius of the attack, in 1/255 units')
+p.add_argument('--pgd-eps', type=float, default=4.0,
+               help='--mode pgd: L-inf radius of the attack, in 1/255 units (4: the radius the study scores at)')
 p.add_argument('--pgd-steps', type=int, default=10, help='--mode pgd: signed-gradient steps of eps/4 each')
 p.add_argument('--val-size', type=int, default=1000,
                help='val questions for the final table (0: skip it); --data vqav2: the questions of the last images '

@@ -80,7 +80,7 @@ def base_vs_trained(umm, size, label='trained') -> dict:
 # -----------------------------------------------------------------------------
 # robustness: PGD on pixels against U, and NaturalBench-style groups
 
-def pgd_attack(umm, images, questions, answers, eps=8 / 255, steps=10, step_size=2 / 255):
+def pgd_attack(umm, images, questions, answers, eps=4 / 255, steps=10, step_size=1 / 255):
     """L-inf PGD (Madry et al., no random start, so it is deterministic) on the pixels: `steps` signed-gradient ascent
     steps of `step_size` on the per-sample understand_loss through encode, projected on the eps-ball around `images`
     and on [0, 1]. Call with the model in eval mode (LoRA dropout off). Returns (B, 3, s, s)."""
@@ -92,14 +92,14 @@ def pgd_attack(umm, images, questions, answers, eps=8 / 255, steps=10, step_size
             # the sum of per-sample losses: samples do not interact, so each image gets its own sample's gradient
             loss = umm.understand_loss(umm.encode(x_adv), questions, answers).sum()
             grad, = torch.autograd.grad(loss, x_adv)                                # no weight gradients kept
-            # L-inf steepest ascent: every pixel moves by exactly step_size (2/255 by default) up or down
+            # L-inf steepest ascent: every pixel moves by exactly step_size (1/255 by default) up or down
             x_adv = x_adv.detach() + step_size * grad.sign()
-            # projection: |x_adv - x| <= eps per pixel (8/255 is 4 steps of 2/255 away), then the valid range [0, 1]
+            # projection: |x_adv - x| <= eps per pixel (4/255 is 4 steps of 1/255 away), then the valid range [0, 1]
             x_adv = (images + (x_adv - images).clamp(-eps, eps)).clamp(0, 1)      # (B, 3, s, s)
     return x_adv.detach()
 
 
-def pgd_accuracy(umm, dataset, eps=8 / 255, steps=10, step_size=2 / 255, batch_size=100) -> float:
+def pgd_accuracy(umm, dataset, eps=4 / 255, steps=10, step_size=1 / 255, batch_size=100) -> float:
     """Adversarial accuracy: the share answered right both on the clean image and after the attack. The attacker may
     always leave x unchanged, so a sample counts only if it is right on both (as AutoAttack counts it); this can never
     exceed clean accuracy, and equals it at eps = 0."""
@@ -300,7 +300,7 @@ def suite_sets(split, size, subset, groups):
 
 def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None, picture=None) -> dict:
     """The toy suite on every checkpoint: prints one table (columns = checkpoints) and returns everything."""
-    attack = attack or dict(eps=8 / 255, steps=10, step_size=2 / 255)
+    attack = attack or dict(eps=4 / 255, steps=10, step_size=1 / 255)  # the study's and the pgd control's radius
     for ckpt in ckpts:  # a wrong path fails now, not after the data are built and other models scored
         checkpoint_kind(ckpt)
     sets, few = suite_sets(split, size, subset, groups)
@@ -330,7 +330,7 @@ def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None,
 
 
 if __name__ == '__main__':
-    def fraction(s):  # '8/255' or '0.0314'
+    def fraction(s):  # '4/255' or '0.0157'
         return float(Fraction(s))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--ckpt', action='append', metavar='DIR', help='a pretrain dir (base.pt) or a train.py run '
@@ -344,9 +344,10 @@ if __name__ == '__main__':
     parser.add_argument('--subset', type=int, default=1000,
                         help='the first N clean questions get PGD, re-reading, consistency and T2I ranking')
     parser.add_argument('--groups', type=int, default=1000, help='NaturalBench-style groups (4 answers each)')
-    parser.add_argument('--pgd-eps', type=fraction, default=8 / 255, help='L-inf radius in [0, 1] pixels (8/255)')
+    parser.add_argument('--pgd-eps', type=fraction, default=4 / 255,
+                        help="L-inf radius in [0, 1] pixels (4/255, the study's; train.py and study.py count in 1/255)")
     parser.add_argument('--pgd-steps', type=int, default=10, help='PGD steps (0: no attack)')
-    parser.add_argument('--pgd-step-size', type=fraction, default=2 / 255, help='PGD step in pixels (2/255)')
+    parser.add_argument('--pgd-step-size', type=fraction, default=1 / 255, help='PGD step in pixels (1/255)')
     parser.add_argument('--json', metavar='OUT.json', help='also write every number (and per-part seconds) here')
     parser.add_argument('--picture', default=None, help='save originals over reconstructions over T2I(caption) to '
                         'this PNG (PNG_<i> for the i-th of several --ckpt)')
@@ -361,8 +362,10 @@ if __name__ == '__main__':
         elif not args.ckpt:
             parser.error('--ckpt DIR is required (or --plot RUN_DIR, or --step-cost RUN_DIR ...)')
         else:
-            if min(args.size, args.subset, args.groups) < 1 or args.pgd_eps < 0 or args.pgd_steps < 0:
-                parser.error('--size, --subset and --groups must be >= 1; --pgd-eps and --pgd-steps >= 0')
+            if min(args.size, args.subset, args.groups) < 1 or args.pgd_steps < 0:
+                parser.error('--size, --subset and --groups must be >= 1; --pgd-steps >= 0')
+            if not 0 <= args.pgd_eps <= 1:  # 4 meant as 4/255 (train.py's unit) would be no bound at all
+                parser.error(f'--pgd-eps: a radius in [0, 1] pixels such as 4/255, got {args.pgd_eps:g}')
             t0 = time.time()
             result = suite(args.ckpt, args.split, args.size, args.subset, args.groups, picture=args.picture,
                            attack=dict(eps=args.pgd_eps, steps=args.pgd_steps, step_size=args.pgd_step_size))

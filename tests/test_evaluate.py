@@ -147,6 +147,16 @@ def test_bad_paths_fail_naming_the_path_and_what_was_expected(tmp_path):
     assert cli.returncode == 2 and str(tmp_path / 'nowhere') in cli.stderr and 'Traceback' not in cli.stderr
 
 
+def test_a_pgd_radius_in_train_py_units_fails_naming_the_flag():
+    """evaluate.py reads --pgd-eps in pixels (4/255); train.py and study.py in 1/255 units. A 4 meant as 4/255 would
+    attack with no bound at all and score a meaningless PGD accuracy, so it stops before any scoring."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cli = subprocess.run([sys.executable, 'evaluate.py', '--ckpt', 'weights/tiny-toy', '--pgd-eps', '4'],
+                         capture_output=True, text=True, cwd=root, timeout=120)
+    assert cli.returncode == 2 and '--pgd-eps' in cli.stderr and '4/255' in cli.stderr
+    assert 'Traceback' not in cli.stderr and 'suite:' not in cli.stdout
+
+
 class Lookup:
     """A stand-in U that answers from a table {(image bytes, question): answer}, or 'yes' to everything."""
     device = torch.device('cpu')  # where evaluate puts the images (UMM.device, Judge.device)
