@@ -1,6 +1,6 @@
 """
 Reading train.py run directories after the fact: curves from metrics.jsonl, a gallery from the buffer in rank0.pt,
-and the step cost of runs side by side.
+and the step cost of runs side by side; the cost of decoding one candidate (study.py's cost table).
 
     python plots.py out/unigame                 # or: python evaluate.py --plot out/unigame
     -> out/unigame/plots/eps.png      perturber gate eps and attack success rate over steps
@@ -17,8 +17,10 @@ The training loop draws nothing; everything here reads what the run saved (evalu
 
 import argparse
 import json
+import math
 import os
 import textwrap
+import time
 
 import torch
 
@@ -178,6 +180,28 @@ def step_cost(run_dirs) -> dict:
         print(f"{d:40} {1000 * c['step']:8.1f} ms/step {c['step'] / costs[run_dirs[0]]['step']:6.2f}x   " +
               '  '.join(f"{k} {1000 * v:.1f}" for k, v in c['phases'].items()))
     return {d: c['step'] for d, c in costs.items()}
+
+
+# -----------------------------------------------------------------------------
+# the cost of one candidate: G decodes z + C(z)
+
+@torch.no_grad()
+def decode_cost(init, batch=32, reps=5):
+    """ms per candidate of G(z + C(z)) on the tiny-toy base at `init`, batch 32: the best of `reps` timings (study.py's
+    cost table)."""
+    import backbones
+    import data
+    from perturber import Perturber
+    umm = backbones.load_backbone('tiny-toy', init=init).eval()
+    ds = data.ShapesVQA('val', batch)
+    b = data.collate([ds[i] for i in range(batch)])
+    C, z = Perturber(umm.hidden_size), umm.encode(b['images'])
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.time()
+        umm.decode(b['images'], z, b['questions'], perturb=C)
+        best = min(best, time.time() - t0)
+    return 1000 * best / batch
 
 
 if __name__ == '__main__':

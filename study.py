@@ -24,6 +24,7 @@ score.json) and an interrupted run resumes from its checkpoint. Results: OUT_DIR
 """
 
 import argparse
+import ctypes
 import json
 import math
 import multiprocessing
@@ -83,9 +84,20 @@ def atomic_json(obj, path):
 _STOP = None  # in a worker: the study's stop event, set by the main process on Ctrl-C (the pool's initializer)
 
 
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith('linux') else None  # loaded here: never dlopen after a fork
+
+
+def die_with_parent(sig):
+    """Linux: this process gets `sig` when its parent dies, so a study killed outright (kill -9, a scheduler's TERM to
+    the main process) leaves no worker or run training on; elsewhere a no-op."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, int(sig))  # 1: PR_SET_PDEATHSIG; it survives the exec of train.py
+
+
 def init_worker(stop):
     global _STOP
     _STOP = stop
+    die_with_parent(signal.SIGTERM)  # a worker dies with the study; its run then hears SIGINT (train below)
 
 
 def check_stop():
@@ -104,7 +116,8 @@ def train(run_dir, flags, threads):
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
     with open(os.path.join(run_dir, 'train.log'), 'a') as out:  # a resumed run appends
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir', run_dir, *flags,
-                                 *resume], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+                                 *resume], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                preexec_fn=lambda: die_with_parent(signal.SIGINT))  # orphaned: save the step, stop
         try:
             returncode = proc.wait()
         except KeyboardInterrupt:  # Ctrl-C reached the run too: let it finish its step and save, never kill it
@@ -344,7 +357,7 @@ def main():
         [n, f"{c['ms_per_step']:.1f}", f"{c['ms_per_step'] / cost[ref]['ms_per_step']:.2f}",
          *(f"{c['ms_per_phase'].get(k, float('nan')):.1f}" for k in phases), str(c['peak_memory_mb'])]
         for n, c in cost.items()]) + '\n'
-    decode_ms = decode_cost(args.init)
+    decode_ms = plots.decode_cost(args.init)
     minutes = dict(runs=t_runs / 60, total=(time.time() - t_start) / 60)
     text = (f"## SFT vs UniGame ({args.split} split, points, mean ± std over {seeds} seeds)\n\n{main_table}\n"
             + (f"## Table 4 on the toy\n\n{ablation}\n" if ablation else '')
@@ -357,23 +370,6 @@ def main():
     with open(os.path.join(args.out_dir, 'study.md'), 'w') as f:
         f.write(text)
     print('\n' + text + f"\nwrote {args.out_dir}/study.json and {args.out_dir}/study.md")
-
-
-@torch.no_grad()
-def decode_cost(init, batch=32, reps=5):
-    """ms per candidate of G(z + C(z)) on the base, batch 32: the best of `reps` timings."""
-    import backbones
-    from perturber import Perturber
-    umm = backbones.load_backbone('tiny-toy', init=init).eval()
-    ds = data.ShapesVQA('val', batch)
-    b = data.collate([ds[i] for i in range(batch)])
-    C, z = Perturber(umm.hidden_size), umm.encode(b['images'])
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.time()
-        umm.decode(b['images'], z, b['questions'], perturb=C)
-        best = min(best, time.time() - t0)
-    return 1000 * best / batch
 
 
 if __name__ == '__main__':

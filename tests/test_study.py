@@ -123,3 +123,51 @@ def test_ctrl_c_while_the_workers_start_starts_nothing_and_prints_no_traceback(t
     assert proc.returncode == 130 and 'Traceback' not in stdout, stdout[-2000:]
     assert not os.path.exists(os.path.join(out, 'sft', 'seed0', 'metrics.jsonl'))  # seed 0 never trained
     assert not os.path.exists(os.path.join(out, 'base_score.json'))
+
+
+def test_a_study_killed_outright_leaves_no_worker_or_run_behind(tmp_path):
+    """kill -9 of the study's main process alone (no Ctrl-C, no clean-up, as a scheduler may do): its workers die
+    with it, and the train.py a worker started hears SIGINT, saves its step and stops. Nothing trains on."""
+    import signal
+    import time
+    out = str(tmp_path / 'study')
+    cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
+           '--seeds', '2', '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', '1', '--size', '40',
+           '--subset', '20', '--groups', '10',
+           '--extra', '--batch-size 4 --train-size 200 --log-every 1 --save-every 5']
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env,
+                            start_new_session=True)
+
+    def alive(pid):  # a zombie (reaped late by whoever adopted it) does not train
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+        except FileNotFoundError:
+            return False
+
+    def train_pids():
+        r = subprocess.run(['pgrep', '-f', f'train.py --out_dir {out}'], capture_output=True, text=True)
+        return [int(p) for p in r.stdout.split()]
+    metrics = os.path.join(out, 'sft', 'seed0', 'metrics.jsonl')
+    deadline = time.time() + 300
+    while not (os.path.isfile(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
+        time.sleep(1)
+    workers = [int(p) for p in subprocess.run(['pgrep', '-P', str(proc.pid)], capture_output=True,
+                                              text=True).stdout.split()]
+    runs = train_pids()
+    try:
+        assert workers and runs, "seed 0 never started"
+        time.sleep(2)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 60
+        while any(map(alive, workers + runs)) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not any(map(alive, workers + runs)), "the study's workers or runs outlived it"
+    finally:
+        for pid in [proc.pid, *workers, *runs, *train_pids()]:  # never leave anything running behind a failed test
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert os.path.isfile(os.path.join(out, 'sft', 'seed0', 'ckpt.pt'))  # the orphaned run saved its step
+    assert not os.path.isfile(os.path.join(out, 'sft', 'seed0', 'final.json'))
