@@ -7,7 +7,8 @@ learns from pixel-PGD images, Madry et al.; --mode augment: from a generic augme
 accuracy by more than the paired 95% interval, the testbed cannot resolve an effect and the study says so. Each
 trained model is scored once by evaluate.py's toy suite, on test. Settings are chosen on val (--split val, its own
 out_dir), never on the test table: und_lr 2e-4, LoRA on the LM's attention and MLPs and PGD at 4/255 are the
-testbed in which the PGD control resolved on val (README, docs/study.md); the replay policy was chosen on val too.
+testbed in which the PGD control resolved and SFT moved G-Acc on val (README, docs/study.md); the replay policy was
+chosen on val too.
 
     python study.py                                    # 5 seeds SFT, UniGame, PGD, augment + Table 4 (3 seeds) + cost
     python study.py --split val --rows full,full_keep,full_consume --seeds 2 --out_dir out/select_replay
@@ -20,7 +21,8 @@ second thread poorly (a UniGame step took 1.04 s on 2 threads, and 1.75 s each f
 1.2x the throughput, 2026-12-05); step times in the cost table are then one thread's.
 
 Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
-score.json) and an interrupted run resumes from its checkpoint. Results: OUT_DIR/study.json and OUT_DIR/study.md.
+score.json) and an interrupted run resumes from its checkpoint (Ctrl-C, or the study's process killed: its runs
+save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md.
 """
 
 import argparse
