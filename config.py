@@ -161,7 +161,7 @@ p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu
 p.add_argument('--seed', type=int, default=0, help='seed of init, data order, buffer sampling')
 p.add_argument('--save-every', type=int, default=100, help='steps between checkpoints (and one at the end)')
 p.add_argument('--resume', action='store_true',
-               help='continue from out_dir/ckpt.pt exactly where it stopped (--mode pretrain: out_dir/pretrain_ckpt.pt)')
+               help='continue from out_dir/ckpt.pt where it stopped (--mode pretrain: out_dir/pretrain_ckpt.pt)')
 p.add_argument('--merge-to', default=None, metavar='DIR',
                help='Janus backbones: after training, also write a Hugging Face model dir with the LoRA merged in '
                     '(JanusForConditionalGeneration.from_pretrained loads it); default: adapter only')

@@ -48,7 +48,8 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
     assert cost['full']['ms_per_phase']['challenge'] > 10 * cost['sft']['ms_per_phase']['challenge']
     with open(os.path.join(out, 'pgd', 'seed0', 'metrics.jsonl')) as f:
         assert all(json.loads(line)['hard_fresh'] == 8 for line in f)  # the control learnt from a PGD row per sample
-    kept = [os.path.join(out, run, name) for run in ('sft/seed0', 'full/seed0') for name in ('final.json', 'score.json')]
+    kept = [os.path.join(out, run, name)
+            for run in ('sft/seed0', 'full/seed0') for name in ('final.json', 'score.json')]
     stamps = [os.stat(p).st_mtime_ns for p in kept]
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
