@@ -331,13 +331,26 @@ def test_a_nan_on_one_ddp_rank_is_skipped_by_both(base, tmp_path, backbone):
     (['--hard-quantile', '1.5'], '--hard-quantile'), (['--space', 'token', '--filter', 'clip'], '--filter'),
     (['--backbone', 'tiny-janus', '--init', 'no/such/dir', '--steps', '1'], '--judge'),
     (['--candidates', '2'], '--candidates'), (['--candidates', '0'], '--candidates'),
-    (['--lora-targets', 'q_proj,nope_proj'], '--lora-targets'), (['--lora-targets', ','], '--lora-targets'),
     (['--clip-grad-u', '-1'], '--clip-grad-u'), (['--asr-every', '0'], '--asr-every'),
     (['--resume', '--out_dir', 'no/such/run'], '--resume'), (['--reader', 'no/such/reader.pt'], '--reader'),
     (['--backbone', 'tiny-janus', '--filter', 'none', '--reader', 'weights/tiny-toy/reader.pt'], '--reader'),
     (['--mode', 'pgd', '--pgd-steps', '0'], '--pgd-steps'), (['--mode', 'pgd', '--pgd-eps', '-8'], '--pgd-eps'),
     (['--train-min-objects', '0'], '--train-min-objects'), (['--train-families', 'count,colour'], '--train-families'),
     (['--mode', 'pretrain', '--backbone', 'tiny-janus'], '--backbone')])
-def test_bad_flags_fail_naming_the_flag(flags, named):
+def test_bad_flags_fail_naming_the_flag(flags, named, capsys, monkeypatch):
+    """config.parse, train.py's first act, in this process (a train.py subprocess per case cost 13 s of imports):
+    a bad flag, a bad combination or a missing file stops with argparse's exit 2 and a line naming the flag."""
+    import config
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as e:
+        config.parse(argv=flags)
+    assert e.value.code == 2 and named in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flags, named', [
+    (['--gen-lr', '-1'], '--gen-lr'),  # caught by config.parse (above): the command line prints no traceback either
+    (['--lora-targets', 'q_proj,nope_proj'], '--lora-targets'), (['--lora-targets', ','], '--lora-targets')])
+def test_bad_flags_on_the_command_line_fail_naming_the_flag(flags, named):
+    """The same from `python train.py`, for the flags checked once the backbone is built (LoRA's placement)."""
     r = run(*flags, ok=False)
-    assert named in r.stderr
+    assert r.returncode == 2 and named in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
