@@ -13,6 +13,16 @@ import toy_base
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def start_study(out, seeds, jobs, extra, **popen):
+    """study.py on the shipped base, the sft row only, runs of 3000 steps (long enough to be stopped), in its own
+    process group as a terminal's foreground job."""
+    cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
+           '--seeds', str(seeds), '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', str(jobs),
+           '--size', '40', '--subset', '20', '--groups', '10', '--extra', extra]
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **popen)
+
+
 def test_paired_interval_by_hand():
     # differences 1, 2, 3: mean 2, sample std 1, t(0.975, 2 df) = 4.303 -> half-width 4.303 / sqrt(3)
     m, h = study.paired_interval([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
@@ -69,13 +79,8 @@ def test_ctrl_c_stops_the_study_keeps_the_runs_and_starts_nothing_new(tmp_path):
     import signal
     import time
     out = str(tmp_path / 'study')
-    cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
-           '--seeds', '3', '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', '1', '--size', '40',
-           '--subset', '20', '--groups', '10',
-           '--extra', '--batch-size 4 --train-size 200 --log-every 1 --save-every 5']
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
-                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    proc = start_study(out, 3, 1, '--batch-size 4 --train-size 200 --log-every 1 --save-every 5',
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = os.path.join(out, 'sft', 'seed0', 'metrics.jsonl')
     deadline = time.time() + 300
     while not (os.path.isfile(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
@@ -103,12 +108,8 @@ def test_ctrl_c_while_the_workers_start_starts_nothing_and_prints_no_traceback(t
     import signal
     import time
     out = str(tmp_path / 'study')
-    cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
-           '--seeds', '2', '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', '2', '--size', '40',
-           '--subset', '20', '--groups', '10', '--extra', '--batch-size 4 --train-size 200']
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
-                            start_new_session=True)
+    proc = start_study(out, 2, 2, '--batch-size 4 --train-size 200', stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # both workers spawned: the base and seed 0 are handed to them
         workers = subprocess.run(['pgrep', '-P', str(proc.pid), '-f', 'spawn_main'], capture_output=True, text=True)
@@ -132,13 +133,8 @@ def test_a_study_killed_outright_leaves_no_worker_or_run_behind(tmp_path):
     import signal
     import time
     out = str(tmp_path / 'study')
-    cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
-           '--seeds', '2', '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', '1', '--size', '40',
-           '--subset', '20', '--groups', '10',
-           '--extra', '--batch-size 4 --train-size 200 --log-every 1 --save-every 5']
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env,
-                            start_new_session=True)
+    proc = start_study(out, 2, 1, '--batch-size 4 --train-size 200 --log-every 1 --save-every 5',
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def alive(pid):  # a zombie (reaped late by whoever adopted it) does not train
         try:
