@@ -1,5 +1,6 @@
-"""study.py: the paired interval by hand, and a one-seed quick study end to end that a second call does not redo.
-Run: python -m pytest -q tests/test_study.py   (about a minute on 2 cores)"""
+"""study.py: the paired interval by hand, a one-seed quick study end to end that a second call does not redo, and
+what a stopped study keeps (Ctrl-C, Ctrl-C while workers start, the main process killed outright).
+Run: python -m pytest -q tests/test_study.py   (8 min on 2 cores beside a study run, 2026-12-06)"""
 
 import json
 import math
