@@ -347,7 +347,7 @@ if __name__ == '__main__':
     parser.add_argument('--pgd-eps', type=fraction, default=4 / 255,
                         help="L-inf radius in [0, 1] pixels (4/255, the study's; train.py and study.py count in 1/255)")
     parser.add_argument('--pgd-steps', type=int, default=10, help='PGD steps (0: no attack)')
-    parser.add_argument('--pgd-step-size', type=fraction, default=1 / 255, help='PGD step in pixels (1/255)')
+    parser.add_argument('--pgd-step-size', type=fraction, default=None, help='PGD step in pixels (default: eps/4)')
     parser.add_argument('--json', metavar='OUT.json', help='also write every number (and per-part seconds) here')
     parser.add_argument('--picture', default=None, help='save originals over reconstructions over T2I(caption) to '
                         'this PNG (PNG_<i> for the i-th of several --ckpt)')
@@ -364,11 +364,11 @@ if __name__ == '__main__':
         else:
             if min(args.size, args.subset, args.groups) < 1 or args.pgd_steps < 0:
                 parser.error('--size, --subset and --groups must be >= 1; --pgd-steps >= 0')
-            if not 0 <= args.pgd_eps <= 1:  # 4 meant as 4/255 (train.py's unit) would be no bound at all
-                parser.error(f'--pgd-eps: a radius in [0, 1] pixels such as 4/255, got {args.pgd_eps:g}')
+            if not 0 <= args.pgd_eps < 1:  # 4 meant as 4/255 (train.py's unit) would be no bound at all
+                parser.error(f'--pgd-eps: a radius in [0, 1) pixels such as 4/255, got {args.pgd_eps:g}')
             t0 = time.time()
-            result = suite(args.ckpt, args.split, args.size, args.subset, args.groups, picture=args.picture,
-                           attack=dict(eps=args.pgd_eps, steps=args.pgd_steps, step_size=args.pgd_step_size))
+            attack = dict(eps=args.pgd_eps, steps=args.pgd_steps, step_size=args.pgd_step_size or args.pgd_eps / 4)
+            result = suite(args.ckpt, args.split, args.size, args.subset, args.groups, attack, args.picture)
             result['settings']['seconds'] = round(time.time() - t0, 1)
             print(f"suite: {time.time() - t0:.0f}s")
             if args.json:

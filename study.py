@@ -27,6 +27,7 @@ save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md.
 
 import argparse
 import ctypes
+import functools
 import json
 import math
 import multiprocessing
@@ -84,22 +85,22 @@ def atomic_json(obj, path):
 
 
 _STOP = None  # in a worker: the study's stop event, set by the main process on Ctrl-C (the pool's initializer)
-
-
 _LIBC = ctypes.CDLL(None) if sys.platform.startswith('linux') else None  # loaded here: never dlopen after a fork
 
 
-def die_with_parent(sig):
+def die_with_parent(sig, parent):
     """Linux: this process gets `sig` when its parent dies, so a study killed outright (kill -9, a scheduler's TERM to
     the main process) leaves no worker or run training on; elsewhere a no-op."""
     if _LIBC is not None:
         _LIBC.prctl(1, int(sig))  # 1: PR_SET_PDEATHSIG; it survives the exec of train.py
+        if os.getppid() != parent:  # the parent died before the call (a worker imports for seconds): no signal comes
+            os._exit(1)
 
 
-def init_worker(stop):
+def init_worker(stop, study_pid):
     global _STOP
     _STOP = stop
-    die_with_parent(signal.SIGTERM)  # a worker dies with the study; its run then hears SIGINT (train below)
+    die_with_parent(signal.SIGTERM, study_pid)  # a worker dies with the study; its run then hears SIGINT (train below)
 
 
 def check_stop():
@@ -116,10 +117,10 @@ def train(run_dir, flags, threads):
     resume = ['--resume'] if os.path.isfile(os.path.join(run_dir, 'ckpt.pt')) else []
     os.makedirs(run_dir, exist_ok=True)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
+    orphaned = functools.partial(die_with_parent, signal.SIGINT, os.getpid())  # the run saves its step and stops
     with open(os.path.join(run_dir, 'train.log'), 'a') as out:  # a resumed run appends
         proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '--out_dir', run_dir, *flags,
-                                 *resume], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                preexec_fn=lambda: die_with_parent(signal.SIGINT))  # orphaned: save the step, stop
+                                 *resume], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, preexec_fn=orphaned)
         try:
             returncode = proc.wait()
         except KeyboardInterrupt:  # Ctrl-C reached the run too: let it finish its step and save, never kill it
@@ -289,7 +290,8 @@ def main():
     results = {}
     spawn = multiprocessing.get_context('spawn')
     stop, pending, running = spawn.Event(), list(tasks), {}
-    pool = futures.ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=init_worker, initargs=(stop,))
+    pool = futures.ProcessPoolExecutor(args.jobs, mp_context=spawn, initializer=init_worker,
+                                       initargs=(stop, os.getpid()))
     try:  # at most --jobs tasks handed to the pool at a time, so that a stop leaves nothing queued to start
         while pending or running:
             while pending and len(running) < args.jobs:

@@ -188,7 +188,8 @@ log = Metrics(os.path.join(args.out_dir, 'metrics.jsonl'), device, master, start
 nan_streak, t_train = 0, time.time()
 bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, desc=args.mode, disable=not master)
 step, interrupted = start_step, {'now': False}
-signal.signal(signal.SIGINT, lambda *_: interrupted.update(now=True))  # finish the step, save, then stop
+for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a scheduler's TERM: finish the step, save, then stop
+    signal.signal(sig, lambda *_: interrupted.update(now=True))
 try:
     for step in bar:
         last_step, t_step = step == args.steps - 1, time.time()

@@ -1,6 +1,6 @@
 """Checkpoints and interruptions of train.py (checkpoint.py): resume is exact, a save stopped at any point leaves a
 pair to resume from, broken or foreign checkpoints fail naming the file, non-finite losses stop the run keeping its
-checkpoint, and Ctrl-C anywhere prints one line saying what is kept.
+checkpoint, Ctrl-C anywhere prints one line saying what is kept, and a SIGTERM in the loop saves like Ctrl-C.
 Run: python -m pytest -q tests/test_checkpoint.py   (about two minutes on 2 cores: it starts train.py several times)"""
 
 import json
@@ -111,6 +111,32 @@ def test_ctrl_c_during_the_final_evaluation_says_what_is_kept_and_resume_evaluat
     assert 'at step 2' in r.stdout
     final = json.load(open(os.path.join(out, 'final.json')))    # written last: the run is complete
     assert {'base', 'trained'} <= final.keys()
+
+
+def test_a_scheduler_term_in_the_loop_saves_the_step_like_ctrl_c(base, tmp_path):
+    """SIGTERM (a scheduler's stop, torchrun stopping its ranks) during training: the step ends, a checkpoint is saved,
+    exit 130 with the resume line; `--resume` continues from it."""
+    import signal
+    import time
+    out = str(tmp_path / 'term')
+    flags = ['--init', base, '--out_dir', out, '--steps', '3000', '--mode', 'sft', *FAST]
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    log, deadline = os.path.join(out, 'metrics.jsonl'), time.time() + 300
+    while not (os.path.isfile(log) and os.path.getsize(log) > 0) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and 'Traceback' not in stdout, stdout[-2000:]
+    assert 'interrupted after step' in stdout and os.path.isfile(os.path.join(out, 'ckpt.pt'))
+    step = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['step']
+    r = run(*flags[:5], str(step + 2), *flags[6:], '--resume')
+    assert f'at step {step}' in r.stdout
 
 
 def test_ctrl_c_outside_the_training_loop_prints_one_line(tmp_path):
