@@ -6,12 +6,32 @@ Run: python -m pytest -q tests/test_checkpoint.py   (about two minutes on 2 core
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 
 from test_train import FAST, ROOT, base, metrics, run  # noqa: F401 (base: the shipped base, a fixture)
+
+
+def signal_train(flags, ready, sig):
+    """Start train.py with `flags`, send it `sig` a second after `ready()` holds; return its exit code and output."""
+    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    deadline = time.time() + 300
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(sig)
+    try:
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stdout
 
 
 def test_resume_continues_exactly(base, tmp_path):
@@ -87,24 +107,11 @@ def test_non_finite_losses_stop_the_run_and_keep_the_checkpoint(base, tmp_path):
 def test_ctrl_c_during_the_final_evaluation_says_what_is_kept_and_resume_evaluates_again(base, tmp_path):
     """Ctrl-C after the last step, while base and trained are scored on val: one line saying the checkpoint is kept,
     exit 130, no traceback, no final.json; `--resume` then evaluates and writes final.json."""
-    import signal
-    import time
     out = str(tmp_path / 'eval')
     flags = ['--init', base, '--out_dir', out, '--steps', '2', *FAST[:-4], '--log-every', '1', '--val-size', '4000']
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
-    ckpt, deadline = os.path.join(out, 'ckpt.pt'), time.time() + 300
-    while not os.path.isfile(ckpt) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)  # the last step's checkpoint is written, then the evaluation of 2 x 4000 val questions starts
-    time.sleep(1)
-    proc.send_signal(signal.SIGINT)
-    try:
-        stdout, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stdout[-2000:]
+    # the last step's checkpoint is written, then the evaluation of 2 x 4000 val questions starts
+    code, stdout = signal_train(flags, lambda: os.path.isfile(os.path.join(out, 'ckpt.pt')), signal.SIGINT)
+    assert code == 130, stdout[-2000:]
     assert 'interrupted after training, during the final evaluation' in stdout and 'Traceback' not in stdout
     assert not os.path.isfile(os.path.join(out, 'final.json'))
     r = run(*flags[:-2], '--val-size', '50', '--resume')
@@ -116,23 +123,11 @@ def test_ctrl_c_during_the_final_evaluation_says_what_is_kept_and_resume_evaluat
 def test_a_scheduler_term_in_the_loop_saves_the_step_like_ctrl_c(base, tmp_path):
     """SIGTERM (a scheduler's stop, torchrun stopping its ranks) during training: the step ends, a checkpoint is saved,
     exit 130 with the resume line; `--resume` continues from it."""
-    import signal
-    import time
     out = str(tmp_path / 'term')
     flags = ['--init', base, '--out_dir', out, '--steps', '3000', '--mode', 'sft', *FAST]
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), *flags], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
-    log, deadline = os.path.join(out, 'metrics.jsonl'), time.time() + 300
-    while not (os.path.isfile(log) and os.path.getsize(log) > 0) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        stdout, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130 and 'Traceback' not in stdout, stdout[-2000:]
+    log = os.path.join(out, 'metrics.jsonl')
+    code, stdout = signal_train(flags, lambda: os.path.isfile(log) and os.path.getsize(log) > 0, signal.SIGTERM)
+    assert code == 130 and 'Traceback' not in stdout, stdout[-2000:]
     assert 'interrupted after step' in stdout and os.path.isfile(os.path.join(out, 'ckpt.pt'))
     step = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['step']
     r = run(*flags[:5], str(step + 2), *flags[6:], '--resume')
