@@ -6,10 +6,12 @@ Every mining step decodes perturbed candidates x~ = G(z + C(z)), scores them, an
     H(x~) = CE(U(Enc(x~), q), a) - lam · max(0, tau - s(x~))     # hardness: answer loss, less a plausibility hinge
     B     = { x~ : H(x~) >= quantile_0.6(H over the mining batch),  s(x~) >= min_sim }           # Eq. 4
 
-s is the judge's score on a calibrated scale (`calibrate`): 0 is as similar as another scene, 1 as similar as the
-sample's own clean pair, so one threshold means the same for the toy judge (matched cosines near 0.9) and a real
-CLIP (matched cosines near 0.3). The raw score is CLIP text-image cosine (`--filter clip`), image-image cosine of
-candidate vs original (`--filter cosine`), or absent (`--filter none`). The hinge only ever lowers H: a less plausible
+s is the judge's score on a calibrated scale (`calibrate`): 1 is as similar as the sample's own clean pair, 0 as
+similar as a label-breaking edit of it (shapes: its caption one word away for clip, its scene with one object changed
+for cosine) or, where no edit can be made (vqav2), another scene's; so one threshold means the same for the toy
+judge (matched cosines near 0.9) and a real CLIP (matched cosines near 0.3). The raw score is CLIP text-image
+cosine (`--filter clip`), image-image cosine of candidate vs original (`--filter cosine`), or absent (`--filter
+none`). The hinge only ever lowers H: a less plausible
 candidate never ranks harder. Defaults from Appendix F.2: the threshold is the 60th percentile of H within each mining
 batch, the minimum similarity is 0.6 (here on the calibrated scale), and B holds at most 50 decoded images ranked by H.
 The understand step replays entries of B mined at earlier steps next to clean data and this step's accepted
@@ -33,6 +35,9 @@ from dataclasses import dataclass
 import torch
 
 import data
+
+
+EDITS = {'clip': 'its caption, one word edited', 'cosine': 'its scene, one object edited'}  # zero='edit' per filter
 
 
 def calibrate(pos: torch.Tensor, neg: torch.Tensor):
@@ -65,9 +70,10 @@ class SemanticFilter:
     @torch.no_grad()
     def fit(self, umm, batches, zero='scene', rng=None, ctx=contextlib.nullcontext()) -> tuple:
         """Measure the scale on clean batches (dicts of images, questions, captions; umm in eval mode): 1 is the raw
-        score of the clean decode G(z) with its own caption (or original), 0 with that caption one shape or colour
-        word away (zero='edit': a candidate must stay nearer its label than an edited scene; `rng` draws the edits)
-        or with the next sample's caption or image ('scene'). Returns (mean raw score at 1, at 0)."""
+        score of the clean decode G(z) with its own caption (or original), 0 with a label-breaking edit of it
+        (zero='edit': for clip its caption one shape or colour word away, drawn by `rng`; for cosine the batch's
+        'edited' images, each a rendered one-object edit of its scene) or with the next sample's caption or image
+        ('scene'). A candidate must stay nearer its label than an edit. Returns (mean raw score at 1, at 0)."""
         pos, neg = [], []
         for b in batches:
             with ctx:
@@ -76,8 +82,14 @@ class SemanticFilter:
                     if self.space == 'decoded' else (z, z)
                 c = b['captions']
                 pos.append(self.raw(clean, ref, c))
-                wrong = [data.hard_negative(t, rng) for t in c] if zero == 'edit' else c[1:] + c[:1]
-                neg.append(self.raw(clean, ref.roll(1, 0), wrong))                   # an edited caption, another scene
+                if zero == 'edit' and self.kind == 'cosine':  # the original's one-object edit, seen as U's input is
+                    if 'edited' not in b:
+                        raise ValueError("zero='edit' with the cosine filter needs each batch's 'edited' images")
+                    wrong = b['edited'] if self.space == 'decoded' else umm.encode(b['edited'])
+                    neg.append(self.raw(clean, wrong, c))
+                else:
+                    wrong = [data.hard_negative(t, rng) for t in c] if zero == 'edit' else c[1:] + c[:1]
+                    neg.append(self.raw(clean, ref.roll(1, 0), wrong))               # an edited caption, another scene
         pos, neg = torch.cat(pos), torch.cat(neg)
         self.scale = calibrate(pos, neg)
         return pos.mean().item(), neg.mean().item()

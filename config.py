@@ -104,9 +104,10 @@ p.add_argument('--clip-tau', type=float, default=0.6,
 p.add_argument('--clip-lambda', type=float, default=1.0, help='weight of the hinge in H')
 p.add_argument('--calibration', type=int, default=256, help='clean train pairs that set the filter scale at start')
 p.add_argument('--filter-zero', default=None, choices=['edit', 'scene'],
-               help="what the calibrated 0 is for --filter clip: the judge's score of G(z) with its caption edited by "
-                    "one shape or colour word (edit: a label-breaking change; the default on shapes) or with another "
-                    "scene's caption (scene: the default on vqav2); --filter cosine always uses another scene")
+               help="what the filter's calibrated 0 is: the judge's score of G(z) against a label-breaking edit "
+                    "(edit, the default on shapes: for clip its caption one shape or colour word away, for cosine "
+                    "its scene rendered with one object recoloured, reshaped or moved) or against another scene's "
+                    "caption or image (scene: the default on vqav2, whose scenes cannot be edited)")
 p.add_argument('--hard-quantile', type=float, default=0.6, help='keep H >= this quantile of the batch (paper: 0.6)')
 p.add_argument('--beta', type=float, default=0.5, help='weight of the buffer term in L_U, Eq. 6 (paper: 0.5)')
 p.add_argument('--replay', type=int, default=16,
@@ -211,6 +212,8 @@ def check(args):
         assert g_updates >= 1 and u_updates >= 1
     except (ValueError, AssertionError):
         fail('--updates', f"must be G:U with integers >= 1 (e.g. 1:5), got {args.updates!r}")
+    if args.filter_zero == 'edit' and args.data != 'shapes':  # edits need the shapes world's words and scenes
+        fail('--filter-zero', f"edit needs --data shapes (its scenes and shape words); use scene on {args.data}")
     if args.space == 'token' and args.filter == 'clip':  # CLIP reads images; token space has none to show it
         fail('--filter', "clip needs decoded images; with --space token use --filter cosine (token cosine) or none")
     # K > 1 candidates of a sample differ only if something samples: the noise, or the decoder (Janus at a temperature

@@ -49,6 +49,14 @@ def _edit(scene: data.Scene, rng: np.random.Generator) -> tuple[data.Scene, list
     return data.Scene(tuple(swapped), scene.background), [data._spatial(o, rel, p), data._spatial(p, rel, o)]
 
 
+def edited_image(scene: data.Scene, rng: np.random.Generator, cell: int = 12) -> torch.Tensor:
+    """A rendered minimal edit of the scene (one object recoloured, reshaped or swapped), float (3, H, W) in [0, 1]:
+    the label-breaking change at which --filter cosine puts its calibrated 0 (buffer.SemanticFilter.fit)."""
+    while (edit := _edit(scene, rng)) is None:  # a swap that drew one object twice: draw again (recolour always can)
+        pass
+    return torch.from_numpy(data._to_uint8(data.render(edit[0], cell))).float() / 255
+
+
 class NaturalGroups(Dataset):
     """NaturalBench-style groups: images (2, 3, H, W) of two minimally different scenes, two yes/no questions,
     and answers[i][j] = the answer to question j on image i; the edit flips every answer across the two images."""

@@ -32,10 +32,11 @@ import config
 import data
 import evaluate
 import model
+import naturalgroups
 import pretrain
 import reader as scene_reader
 import realdata
-from buffer import HardBuffer, SemanticFilter, hardness, select_hard
+from buffer import EDITS, HardBuffer, SemanticFilter, hardness, select_hard
 from metrics import Metrics
 from perturber import Perturber, random_delta
 
@@ -93,13 +94,15 @@ if master:
           f"of {n_all / 1e6:.1f}M")
 
 
-def samples(idx):
-    """Samples idx of the train set as one batch on the device."""
+def samples(idx, edits=None):
+    """Samples idx of the train set as one batch on the device; with `edits` (a numpy Generator) also 'edited'."""
     b = data.collate([train_set[i] for i in idx])
-    images = b['images'].to(device)
-    if images.shape[-1] != umm.image_size:  # backbones with other input sizes see the same scenes, resized
-        images = torch.nn.functional.interpolate(images, size=umm.image_size, mode='bilinear').clamp(0, 1)
-    return {**b, 'images': images}
+    if edits is not None:
+        b['edited'] = torch.stack([naturalgroups.edited_image(train_set.scenes[i], edits, train_set.cell) for i in idx])
+    for k in [k for k in ('images', 'edited') if k in b]:  # backbones of other input sizes see the scenes resized
+        b[k] = torch.nn.functional.interpolate(b[k].to(device), size=umm.image_size, mode='bilinear').clamp(0, 1) \
+            if b[k].shape[-1] != umm.image_size else b[k].to(device)
+    return b
 
 
 def batch_at(step):
@@ -114,15 +117,13 @@ def chunks(n):
 
 
 def backward_(loss, params):
-    """Accumulate d loss / d params (a micro-batch's share of the step's loss); U's step never touches C's
-    gradients and vice versa."""
+    """Accumulate d loss / d params (a micro-batch's share); U's step never touches C's gradients and vice versa."""
     scaler.scale(loss).backward(inputs=params)
 
 
 def update_(optimizer, params, max_norm=0.0):
-    """One update from the accumulated gradients, averaged over ranks by one all-reduce of the flattened gradients,
-    then clipped to `max_norm` (0: not clipped) in float32, the role's own norm (Appendix B.2); every rank calls this
-    at the same steps. The caller zeroes the gradients before accumulating."""
+    """One update from the accumulated gradients: averaged over ranks (one all-reduce), clipped in float32 to the
+    role's own norm `max_norm` (Appendix B.2; 0: not clipped); every rank calls it at the same steps."""
     if ddp:
         grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in params]
         flat = torch.cat([g.flatten() for g in grads]) / world_size
@@ -171,17 +172,18 @@ if master:
 # -----------------------------------------------------------------------------
 # Algorithm 1
 if sem_filter is not None:  # Eq. 4's s on the judge's calibrated scale, fit once on clean train pairs, every rank
-    zero, n = args.filter_zero if args.filter == 'clip' else 'scene', min(args.calibration, len(train_set))
+    zero, n, rng = args.filter_zero, min(args.calibration, len(train_set)), np.random.default_rng([args.seed, 7])
+    edits = rng if args.filter == 'cosine' and zero == 'edit' else None  # cosine's 0: each scene with one object edited
     umm.eval()
-    try:
-        clean_batches = (samples(range(i, min(i + args.batch_size, n))) for i in range(0, n, args.batch_size))
-        one, nil = sem_filter.fit(umm, clean_batches, zero, np.random.default_rng([args.seed, 7]), ctx)  # same edits
+    try:  # the same edits (of captions or of scenes) on every rank
+        one, nil = sem_filter.fit(umm, (samples(range(i, min(i + args.batch_size, n)), edits)
+                                        for i in range(0, n, args.batch_size)), zero, rng, ctx)
     except ValueError as e:  # a judge that cannot tell a scene's caption from another's cannot filter anything
         fail('--judge', str(e))
     umm.train()
     if master:
         print(f"filter scale ({args.filter}): 1 = {one:.4f} (clean decode, own scene), 0 = {nil:.4f} "
-              f"({'its caption, one word edited' if zero == 'edit' else 'another scene'}), over {n} train pairs")
+              f"({EDITS[args.filter] if zero == 'edit' else 'another scene'}), over {n} train pairs")
 log = Metrics(os.path.join(args.out_dir, 'metrics.jsonl'), device, master, start_step)  # metrics.jsonl (metrics.py)
 
 
@@ -345,14 +347,12 @@ try:
                            images_skipped=sum(getattr(d, 'skipped', 0) for d in (train_set, caption_set)))
             if master:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if isinstance(v, float | int) and k != 'step'})
-        if (step + 1) % args.save_every == 0 or last_step:
-            save_checkpoint(step + 1)
         stop = torch.tensor(float(interrupted['now']), device=device)
         if ddp:  # Ctrl-C on any rank stops every rank at the same step boundary
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        if (step + 1) % args.save_every == 0 or last_step or stop.item():
+            save_checkpoint(step + 1)
         if stop.item():
-            if not ((step + 1) % args.save_every == 0 or last_step):
-                save_checkpoint(step + 1)
             if master:
                 print(f"\ninterrupted after step {step}: checkpoint saved in {args.out_dir}; continue with --resume")
             raise SystemExit(130)

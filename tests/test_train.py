@@ -171,17 +171,21 @@ def test_positive_controls_learn_from_pgd_and_augmented_rows(base, tmp_path):
     assert losses['pgd'] > losses['augment'] > losses['sft']
 
 
-def test_the_filter_scale_puts_zero_at_a_one_word_edit(base, tmp_path):
-    """--filter-zero edit (the default) calibrates the filter's 0 at the judge's score of G(z) with its caption one
-    shape or colour word away: nearer the clean score than another scene's caption is (--filter-zero scene)."""
+@pytest.mark.parametrize('kind', ['clip', 'cosine'])
+def test_the_filter_scale_puts_zero_at_a_one_word_edit(base, tmp_path, kind):
+    """--filter-zero edit (the default) calibrates the filter's 0 at the judge's score of G(z) against a label-breaking
+    edit (clip: its caption one shape or colour word away; cosine: its scene rendered with one object edited): nearer
+    the clean score than another scene's caption or image is (--filter-zero scene)."""
     zeros = {}
     for zero in ('edit', 'scene'):
-        r = run('--init', base, '--out_dir', str(tmp_path / zero), '--steps', '1', '--filter-zero', zero, *FAST)
-        line = next(l for l in r.stdout.splitlines() if l.startswith('filter scale'))
-        assert ('one word edited' if zero == 'edit' else 'another scene') in line, line
+        r = run('--init', base, '--out_dir', str(tmp_path / zero), '--steps', '1', '--filter', kind,
+                '--filter-zero', zero, *FAST)
+        line = next(l for l in r.stdout.splitlines() if l.startswith(f'filter scale ({kind})'))
+        edited = 'its caption, one word edited' if kind == 'clip' else 'its scene, one object edited'
+        assert (edited if zero == 'edit' else 'another scene') in line, line
         one, nought = (float(v.split()[0]) for v in line.split('= ')[1:3])
         zeros[zero] = (one, nought)
-    assert zeros['edit'][0] == zeros['scene'][0]  # the same 1: the clean decode with its own caption
+    assert zeros['edit'][0] == zeros['scene'][0]  # the same 1: the clean decode with its own caption or original
     assert zeros['scene'][1] < zeros['edit'][1] < zeros['edit'][0]
 
 
@@ -336,7 +340,8 @@ def test_a_nan_on_one_ddp_rank_is_skipped_by_both(base, tmp_path, backbone):
     (['--backbone', 'tiny-janus', '--filter', 'none', '--reader', 'weights/tiny-toy/reader.pt'], '--reader'),
     (['--mode', 'pgd', '--pgd-steps', '0'], '--pgd-steps'), (['--mode', 'pgd', '--pgd-eps', '-8'], '--pgd-eps'),
     (['--train-min-objects', '0'], '--train-min-objects'), (['--train-families', 'count,colour'], '--train-families'),
-    (['--mode', 'pretrain', '--backbone', 'tiny-janus'], '--backbone')])
+    (['--mode', 'pretrain', '--backbone', 'tiny-janus'], '--backbone'),
+    (['--data', 'vqav2', '--filter-zero', 'edit'], '--filter-zero')])
 def test_bad_flags_fail_naming_the_flag(flags, named, capsys, monkeypatch):
     """config.parse, train.py's first act, in this process (a train.py subprocess per case cost 13 s of imports):
     a bad flag, a bad combination or a missing file stops with argparse's exit 2 and a line naming the flag."""
