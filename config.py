@@ -91,7 +91,8 @@ p.add_argument('--candidates', type=int, default=1,
 p.add_argument('--mine-every', type=int, default=1, help='mine candidates every m steps (Algorithm 1, line 9)')
 p.add_argument('--filter', default='clip', choices=['clip', 'cosine', 'none'],
                help='semantic filter: judge text-image (clip), candidate-original image cosine, or none; its score is '
-                    'calibrated on clean pairs: 1 = as similar as the clean decode G(z), 0 = as an edit of it (--filter-zero)')
+                    'calibrated on clean pairs: 1 = as similar as the clean decode G(z), 0 = as an edit of it '
+                    '(--filter-zero)')
 p.add_argument('--judge', default=None,
                help="the filter's CLIP: a judge.pt (default: <init>/judge.pt, the toy's), or for real backbones an "
                     "open_clip MODEL:LOCAL_FILE (e.g. ViT-B-32:/weights/open_clip_vit_b32.bin) or local-dir:DIR "
