@@ -42,7 +42,8 @@ EDITS = {'clip': 'its caption, one word edited', 'cosine': 'its scene, one objec
 
 def calibrate(pos: torch.Tensor, neg: torch.Tensor):
     """The filter's scale from clean data: s -> (s - mean neg) / (mean pos - mean neg), where pos are the judge's
-    scores of matched clean pairs (an image and its own caption) and neg of mismatched ones (another scene's)."""
+    scores of matched clean pairs (an image and its own caption or original) and neg of mismatched ones (an edit
+    of it, or another scene's: SemanticFilter.fit)."""
     lo, hi = neg.float().mean().item(), pos.float().mean().item()
     if not hi - lo > 1e-6:
         raise ValueError(f"the judge does not tell matched from mismatched pairs (mean {hi:.4f} vs {lo:.4f}); "

@@ -107,8 +107,8 @@ p.add_argument('--calibration', type=int, default=256, help='clean train pairs t
 p.add_argument('--filter-zero', default=None, choices=['edit', 'scene'],
                help="what the filter's calibrated 0 is: the judge's score of G(z) against a label-breaking edit "
                     "(edit, the default on shapes: for clip its caption one shape or colour word away, for cosine "
-                    "its scene rendered with one object recoloured, reshaped or moved) or against another scene's "
-                    "caption or image (scene: the default on vqav2, whose scenes cannot be edited)")
+                    "its scene rendered with one object recoloured or reshaped, or two swapped) or against another "
+                    "scene's caption or image (scene: the default on vqav2, whose scenes cannot be edited)")
 p.add_argument('--hard-quantile', type=float, default=0.6, help='keep H >= this quantile of the batch (paper: 0.6)')
 p.add_argument('--beta', type=float, default=0.5, help='weight of the buffer term in L_U, Eq. 6 (paper: 0.5)')
 p.add_argument('--replay', type=int, default=16,

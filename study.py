@@ -236,7 +236,7 @@ def main():
     p.add_argument('--eps', type=float, default=0.02, help="eps_max of C, relative to the RMS token norm")
     p.add_argument('--lam', type=float, default=1.0, help="Eq. 7's lambda on ||delta||^2 (relative units)")
     p.add_argument('--min-sim', type=float, default=0.6,
-                   help="the semantic filter's threshold on the calibrated scale (0: an edited caption, 1: G(z)'s own)")
+                   help="the semantic filter's threshold on the calibrated scale (0: an edit, 1: the clean G(z))")
     p.add_argument('--extra', default='', help='more train.py flags for every run, e.g. "--dtype bfloat16"')
     # eval
     p.add_argument('--split', default='test', choices=['val', 'test'],

@@ -369,3 +369,9 @@ def test_the_cosine_filter_rejects_candidates_whose_scene_lost_an_object_edit():
             s[zero] = [(f(v, x, held['captions']) >= 0.6).float().mean().item() for v in (clean, broken)]  # passed
     assert s['edit'][0] >= 0.95 and s['edit'][1] <= 0.7, s  # the default --min-sim 0.6 binds on broken labels
     assert s['scene'][1] >= 0.75, s  # the old 0: most broken candidates passed
+    # in token space the 0 is the mean token cosine of the clean tokens with the edited scene's tokens
+    one, nought = SemanticFilter(judge, 'cosine', space='token').fit(umm, [fit], 'edit')
+    with torch.no_grad():
+        z, z_edit = umm.encode(fit['images']), umm.encode(fit['edited'])  # (128, N, H) each
+    by_hand = (z * z_edit).sum(-1) / (z.norm(dim=-1) * z_edit.norm(dim=-1))  # (128, N)
+    assert one == pytest.approx(1.0, abs=1e-5) and nought == pytest.approx(by_hand.mean().item(), abs=1e-5)
