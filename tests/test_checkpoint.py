@@ -1,7 +1,8 @@
 """Checkpoints and interruptions of train.py (checkpoint.py): resume is exact, a save stopped at any point leaves a
 pair to resume from, broken or foreign checkpoints fail naming the file, non-finite losses stop the run keeping its
 checkpoint, Ctrl-C anywhere prints one line saying what is kept, and a SIGTERM in the loop saves like Ctrl-C.
-Run: python -m pytest -q tests/test_checkpoint.py   (about two minutes on 2 cores: it starts train.py several times)"""
+Run: python -m pytest -q tests/test_checkpoint.py   (train.py runs in this process, test_train.run, but where a
+signal is sent: then it is started as a command)"""
 
 import json
 import os

@@ -3,26 +3,20 @@ checkpointing gives the same gradients and really recomputes (in C's ascent too,
 Run: python -m pytest -q tests/test_memory.py"""
 
 import os
-import subprocess
-import sys
 
 import torch
 
 import tiny_janus
 from fixtures_vqa import write_vqa
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+from test_train import run as train_run
 
 
 def run(tmp_path, name, *flags):
     q, a, images = write_vqa(str(tmp_path / 'data'), images=4, per_image=3)
     out = str(tmp_path / name)
-    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--backbone', 'tiny-janus', '--data', 'vqav2',
-           '--questions', q, '--annotations', a, '--images', images, '--steps', '2', '--batch-size', '4',
-           '--filter', 'none', '--log-every', '1', '--val-size', '0', '--lora-dropout', '0', '--out_dir', out, *flags]
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    train_run('--backbone', 'tiny-janus', '--data', 'vqav2', '--questions', q, '--annotations', a, '--images', images,
+              '--steps', '2', '--batch-size', '4', '--filter', 'none', '--log-every', '1', '--val-size', '0',
+              '--lora-dropout', '0', '--out_dir', out, *flags)  # in this process (test_train.run)
     return torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
 
 

@@ -1,6 +1,6 @@
 """study.py: the paired interval by hand, a one-seed quick study end to end that a second call does not redo, and
 what a stopped study keeps (Ctrl-C, Ctrl-C while workers start, the main process killed outright).
-Run: python -m pytest -q tests/test_study.py   (8 min on 2 cores beside a study run, 2026-12-06)"""
+Run: python -m pytest -q tests/test_study.py   (5.7 min on one thread beside a study run, 2026-12-06)"""
 
 import json
 import math
@@ -14,9 +14,14 @@ import toy_base
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_study(out, seeds, jobs, extra, **popen):
+def start_study(out, seeds, jobs, extra, scored_base=True, **popen):
     """study.py on the shipped base, the sft row only, runs of 3000 steps (long enough to be stopped), in its own
-    process group as a terminal's foreground job."""
+    process group as a terminal's foreground job. scored_base: the base's score is written beforehand (a stand-in:
+    these tests stop runs, and scoring the base first only makes them wait), so seed 0 is the first task to work."""
+    if scored_base:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, 'base_score.json'), 'w') as f:
+            json.dump({'clean all': 0.0, 'shift mean': 0.0, 'pgd': 0.0}, f)
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
            '--seeds', str(seeds), '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', str(jobs),
            '--size', '40', '--subset', '20', '--groups', '10', '--extra', extra]
@@ -67,11 +72,20 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
     assert [os.stat(p).st_mtime_ns for p in kept] == stamps  # nothing was trained or scored again
 
 
-def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path):
+def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path, monkeypatch, capsys):
+    """study.py's flags, read by main() in this process (a study.py subprocess spends 11 s importing torch)."""
+    import pytest
+
+    def started(*_):
+        raise AssertionError("the study started despite a bad flag")
+    monkeypatch.setattr(study.multiprocessing, 'get_context', started)  # never hours of work from a broken check
     for flags, message in ((['--rows', 'full,fulll'], '--rows: unknown fulll'), (['--split', 'train'], '--split')):
-        r = subprocess.run([sys.executable, os.path.join(ROOT, 'study.py'), '--out_dir', str(tmp_path), *flags],
-                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert r.returncode == 2 and message in r.stderr and 'Traceback' not in r.stderr, r.stderr[-1000:]
+        monkeypatch.setattr(sys, 'argv', ['study.py', '--out_dir', str(tmp_path), *flags])
+        with pytest.raises(SystemExit) as e:
+            study.main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err, err[-1000:]
+    assert not os.listdir(tmp_path)  # nothing ran
 
 
 def test_ctrl_c_stops_the_study_keeps_the_runs_and_starts_nothing_new(tmp_path):
@@ -85,7 +99,7 @@ def test_ctrl_c_stops_the_study_keeps_the_runs_and_starts_nothing_new(tmp_path):
     metrics = os.path.join(out, 'sft', 'seed0', 'metrics.jsonl')
     deadline = time.time() + 300
     while not (os.path.isfile(metrics) and os.path.getsize(metrics) > 0) and time.time() < deadline:
-        time.sleep(1)  # the base is scored first (one job), then seed 0 trains
+        time.sleep(1)  # the worker starts, then seed 0 trains (the base counts as scored)
     if not os.path.isfile(metrics):
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError("seed 0 never started")
@@ -109,7 +123,7 @@ def test_ctrl_c_while_the_workers_start_starts_nothing_and_prints_no_traceback(t
     import signal
     import time
     out = str(tmp_path / 'study')
-    proc = start_study(out, 2, 2, '--batch-size 4 --train-size 200', stdout=subprocess.PIPE,
+    proc = start_study(out, 2, 2, '--batch-size 4 --train-size 200', scored_base=False, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline:  # both workers spawned: the base and seed 0 are handed to them

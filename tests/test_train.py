@@ -1,12 +1,21 @@
 """train.py end to end on tiny-toy (CPU): the game's steps move the right way, two DDP ranks keep identical weights,
 bad flags fail early naming the flag. Resume and interruptions: tests/test_checkpoint.py.
-Run: python -m pytest -q tests/test_train.py   (about two minutes on 2 cores: it starts train.py several times)"""
+Most runs of train.py happen in this process (run, train_here: 7-12 s of imports less each); the command line itself
+is run where it is what is tested (bad flags' exit) or where it must be (DDP under torchrun).
+Run: python -m pytest -q tests/test_train.py   (with test_checkpoint.py: 7.5 min, one thread beside a study run)"""
 
+import contextlib
+import io
 import json
 import math
 import os
+import runpy
+import signal
 import subprocess
 import sys
+import traceback
+import types
+import warnings
 
 import pytest
 import torch
@@ -27,12 +36,51 @@ def base():
     return toy_base.BASE_DIR
 
 
-def run(*flags, ok=True, launcher=(sys.executable,)):
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([*launcher, os.path.join(ROOT, 'train.py'), *flags], capture_output=True, text=True,
-                       cwd=ROOT, env=env, timeout=600)
+def run(*flags, ok=True, launcher=None):
+    """train.py with `flags`, asserted to succeed (or, ok=False, to fail); returns its returncode, stdout and stderr.
+    In this process by default (train_here: a subprocess spent 7-12 s importing torch, transformers and diffusers
+    before its first step); under `launcher` (e.g. (sys.executable,) for the command line itself, or torchrun) as a
+    subprocess with one thread, as train_here runs."""
+    if launcher is None:
+        r = train_here(flags)
+    else:
+        env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
+        r = subprocess.run([*launcher, os.path.join(ROOT, 'train.py'), *flags], capture_output=True, text=True,
+                           cwd=ROOT, env=env, timeout=600)
     assert (r.returncode == 0) == ok, r.stdout[-2000:] + r.stderr[-3000:]
     return r
+
+
+def train_here(flags):
+    """`python train.py FLAGS` run in this process by runpy, as the interpreter would run it: its exit code (SystemExit,
+    or 1 and the traceback on stderr for any other exception), stdout and stderr; one thread, warnings off, and the
+    process's signal handlers, RNG, threads, argv and working directory restored afterwards."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    saved = (sys.argv, os.getcwd(), torch.get_num_threads(), torch.get_rng_state(),
+             {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)})
+    sys.argv = [os.path.join(ROOT, 'train.py'), *flags]
+    os.chdir(ROOT)
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            try:
+                runpy.run_path(sys.argv[0], run_name='__main__')
+            except SystemExit as e:  # as the interpreter exits: None is 0, an int itself, anything else printed and 1
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+                if not isinstance(e.code, int | None):
+                    print(e.code, file=sys.stderr)
+            except Exception:  # noqa: BLE001 (what the interpreter does with an uncaught exception)
+                code = 1
+                traceback.print_exc()
+    finally:
+        sys.argv, cwd, threads, rng, handlers = saved
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def metrics(out):
@@ -352,10 +400,12 @@ def test_bad_flags_fail_naming_the_flag(flags, named, capsys, monkeypatch):
     assert e.value.code == 2 and named in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('flags, named', [
-    (['--gen-lr', '-1'], '--gen-lr'),  # caught by config.parse (above): the command line prints no traceback either
-    (['--lora-targets', 'q_proj,nope_proj'], '--lora-targets'), (['--lora-targets', ','], '--lora-targets')])
-def test_bad_flags_on_the_command_line_fail_naming_the_flag(flags, named):
-    """The same from `python train.py`, for the flags checked once the backbone is built (LoRA's placement)."""
-    r = run(*flags, ok=False)
+@pytest.mark.parametrize('flags, named, launcher', [
+    (['--gen-lr', '-1'], '--gen-lr', (sys.executable,)),  # the command line itself: no traceback there either
+    (['--lora-targets', 'q_proj,nope_proj'], '--lora-targets', None),
+    (['--lora-targets', ','], '--lora-targets', None)])
+def test_bad_flags_on_the_command_line_fail_naming_the_flag(flags, named, launcher):
+    """The same from `python train.py` (one case on the command line, the others run as the interpreter would run
+    them, in this process), for the flags checked once the backbone is built (LoRA's placement)."""
+    r = run(*flags, ok=False, launcher=launcher)
     assert r.returncode == 2 and named in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
