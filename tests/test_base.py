@@ -89,21 +89,20 @@ def test_a_broken_base_gives_one_clear_error(broken_bases, kind, says):
 
 
 def test_train_py_names_the_broken_file_and_the_fix_without_a_traceback(broken_bases, tmp_path):
-    env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
-    cases = {'truncated': broken_bases['truncated'], 'missing': str(tmp_path / 'nowhere')}
-    for name, init in cases.items():
-        r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--init', init, '--steps', '1',
-                            '--out_dir', str(tmp_path / 'run')], capture_output=True, text=True, cwd=ROOT, env=env,
-                           timeout=300)
+    """On the command line for a truncated base.pt; in this process, as the interpreter runs train.py, for the rest
+    (test_train.run: a command spends 7-12 s importing)."""
+    from test_train import run
+    cases = {'truncated': (sys.executable,), 'missing': None}
+    for name, launcher in cases.items():
+        init = broken_bases['truncated'] if name == 'truncated' else str(tmp_path / 'nowhere')
+        r = run('--init', init, '--steps', '1', '--out_dir', str(tmp_path / 'run'), ok=False, launcher=launcher)
         assert r.returncode == 2, name
         assert 'Traceback' not in r.stderr and '--init' in r.stderr and 'base.pt' in r.stderr, r.stderr[-2000:]
         assert '--mode pretrain' in r.stderr, name
     judge = os.path.join(broken_bases['foreign'], 'judge.pt')  # a truncated judge.pt beside a good base
     shutil.copy(os.path.join(toy_base.BASE_DIR, 'base.pt'), os.path.join(broken_bases['foreign'], 'base.pt'))
     open(judge, 'wb').write(open(judge, 'rb').read()[:1000])
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--init', broken_bases['foreign'],
-                        '--steps', '1', '--out_dir', str(tmp_path / 'run')], capture_output=True, text=True, cwd=ROOT,
-                       env=env, timeout=300)
+    r = run('--init', broken_bases['foreign'], '--steps', '1', '--out_dir', str(tmp_path / 'run'), ok=False)
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'judge.pt' in r.stderr, r.stderr[-2000:]
 
 
