@@ -74,6 +74,8 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
 
 def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path, monkeypatch, capsys):
     """study.py's flags, read by main() in this process (a study.py subprocess spends 11 s importing torch)."""
+    import signal
+
     import pytest
 
     def started(*_):
@@ -81,8 +83,12 @@ def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path, monkeypatch, 
     monkeypatch.setattr(study.multiprocessing, 'get_context', started)  # never hours of work from a broken check
     for flags, message in ((['--rows', 'full,fulll'], '--rows: unknown fulll'), (['--split', 'train'], '--split')):
         monkeypatch.setattr(sys, 'argv', ['study.py', '--out_dir', str(tmp_path), *flags])
+        handler = signal.getsignal(signal.SIGINT)
         with pytest.raises(SystemExit) as e:
-            study.main()
+            try:
+                study.main()
+            finally:
+                signal.signal(signal.SIGINT, handler)  # main() installs its own
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err, err[-1000:]
     assert not os.listdir(tmp_path)  # nothing ran

@@ -5,6 +5,7 @@ is run where it is what is tested (bad flags' exit) or where it must be (DDP und
 Run: python -m pytest -q tests/test_train.py   (with test_checkpoint.py: 7.5 min, one thread beside a study run)"""
 
 import contextlib
+import gc
 import io
 import json
 import math
@@ -19,6 +20,7 @@ import warnings
 
 import pytest
 import torch
+from tqdm import tqdm
 
 import backbones
 import data
@@ -54,15 +56,17 @@ def run(*flags, ok=True, launcher=None):
 def train_here(flags):
     """`python train.py FLAGS` run in this process by runpy, as the interpreter would run it: its exit code (SystemExit,
     or 1 and the traceback on stderr for any other exception), stdout and stderr; one thread, warnings off, and the
-    process's signal handlers, RNG, threads, argv and working directory restored afterwards."""
+    process's signal handlers, RNGs (CPU and CUDA), threads, argv and working directory restored afterwards, a
+    progress bar left open by a stopped run closed, and the run's objects collected."""
     out, err, code = io.StringIO(), io.StringIO(), 0
-    saved = (sys.argv, os.getcwd(), torch.get_num_threads(), torch.get_rng_state(),
+    saved = (sys.argv, os.getcwd(), torch.get_num_threads(),
              {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)})
     sys.argv = [os.path.join(ROOT, 'train.py'), *flags]
     os.chdir(ROOT)
     torch.set_num_threads(1)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        with torch.random.fork_rng(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():
             warnings.simplefilter('ignore')
             try:
                 runpy.run_path(sys.argv[0], run_name='__main__')
@@ -73,13 +77,15 @@ def train_here(flags):
             except Exception:  # noqa: BLE001 (what the interpreter does with an uncaught exception)
                 code = 1
                 traceback.print_exc()
+            for bar in list(getattr(tqdm, '_instances', ())):  # a run stopped mid-loop leaves its bar registered
+                bar.close()
     finally:
-        sys.argv, cwd, threads, rng, handlers = saved
+        sys.argv, cwd, threads, handlers = saved
         os.chdir(cwd)
         torch.set_num_threads(threads)
-        torch.set_rng_state(rng)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        gc.collect()  # the run's globals (model, optimizers, open metrics file) live on in cycles until collected
     return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
