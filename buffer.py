@@ -11,8 +11,7 @@ similar as a label-breaking edit of it (shapes: its caption one word away for cl
 for cosine) or, where no edit can be made (vqav2), another scene's; so one threshold means the same for the toy
 judge (matched cosines near 0.9) and a real CLIP (matched cosines near 0.3). The raw score is CLIP text-image
 cosine (`--filter clip`), image-image cosine of candidate vs original (`--filter cosine`), or absent (`--filter
-none`). The hinge only ever lowers H: a less plausible
-candidate never ranks harder. Defaults from Appendix F.2: the threshold is the 60th percentile of H within each mining
+none`). The hinge only ever lowers H: a less plausible candidate never ranks harder. Defaults from Appendix F.2: the threshold is the 60th percentile of H within each mining
 batch, the minimum similarity is 0.6 (here on the calibrated scale), and B holds at most 50 decoded images ranked by H.
 The understand step replays entries of B mined at earlier steps next to clean data and this step's accepted
 candidates (Eq. 6, beta = 0.5).
