@@ -8,13 +8,13 @@ Every mining step decodes perturbed candidates x~ = G(z + C(z)), scores them, an
 
 s is the judge's score on a calibrated scale (`calibrate`): 1 is as similar as the sample's own clean pair, 0 as
 similar as a label-breaking edit of it (shapes: its caption one word away for clip, its scene with one object changed
-for cosine) or, where no edit can be made (vqav2), another scene's; so one threshold means the same for the toy
-judge (matched cosines near 0.9) and a real CLIP (matched cosines near 0.3). The raw score is CLIP text-image
-cosine (`--filter clip`), image-image cosine of candidate vs original (`--filter cosine`), or absent (`--filter
-none`). The hinge only ever lowers H: a less plausible candidate never ranks harder. Defaults from Appendix F.2: the threshold is the 60th percentile of H within each mining
-batch, the minimum similarity is 0.6 (here on the calibrated scale), and B holds at most 50 decoded images ranked by H.
-The understand step replays entries of B mined at earlier steps next to clean data and this step's accepted
-candidates (Eq. 6, beta = 0.5).
+for cosine) or, where no edit can be made (vqav2), another scene's; so one threshold means the same for the toy judge
+(matched cosines near 0.9) and a real CLIP (matched cosines near 0.3). The raw score is CLIP text-image cosine
+(`--filter clip`), image-image cosine of candidate vs original (`--filter cosine`), or absent (`--filter none`). The
+hinge only ever lowers H: a less plausible candidate never ranks harder. Defaults from Appendix F.2: the threshold is
+the 60th percentile of H within each mining batch, the minimum similarity is 0.6 (here on the calibrated scale), and
+B holds at most 50 decoded images ranked by H. The understand step replays entries of B mined at earlier steps next
+to clean data and this step's accepted candidates (Eq. 6, beta = 0.5).
 
 The judge that gives s (a CLIP) is in judge.py.
 
