@@ -90,8 +90,8 @@ def test_a_broken_base_gives_one_clear_error(broken_bases, kind, says):
 
 def test_train_py_names_the_broken_file_and_the_fix_without_a_traceback(broken_bases, tmp_path):
     """On the command line for a truncated base.pt; in this process, as the interpreter runs train.py, for the rest
-    (test_train.run: a command spends 7-12 s importing)."""
-    from test_train import run
+    (train_runner.run: a command spends 7-12 s importing)."""
+    from train_runner import run
     cases = {'truncated': (sys.executable,), 'missing': None}
     for name, launcher in cases.items():
         init = broken_bases['truncated'] if name == 'truncated' else str(tmp_path / 'nowhere')

@@ -1,7 +1,7 @@
 """Checkpoints and interruptions of train.py (checkpoint.py): resume is exact, a save stopped at any point leaves a
 pair to resume from, broken or foreign checkpoints fail naming the file, non-finite losses stop the run keeping its
 checkpoint, Ctrl-C anywhere prints one line saying what is kept, and a SIGTERM in the loop saves like Ctrl-C.
-Run: python -m pytest -q tests/test_checkpoint.py   (train.py runs in this process, test_train.run, but where a
+Run: python -m pytest -q tests/test_checkpoint.py   (train.py runs in this process, train_runner.run, but where a
 signal is sent: then it is started as a command)"""
 
 import json
@@ -14,7 +14,8 @@ import time
 
 import torch
 
-from test_train import FAST, ROOT, base, metrics, run  # noqa: F401 (base: the shipped base, a fixture)
+from test_train import base  # noqa: F401 (the shipped base, a fixture)
+from train_runner import FAST, ROOT, metrics, run
 
 
 def signal_train(flags, ready, sig):

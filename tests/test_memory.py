@@ -8,7 +8,7 @@ import torch
 
 import tiny_janus
 from fixtures_vqa import write_vqa
-from test_train import run as train_run
+from train_runner import run as train_run
 
 
 def run(tmp_path, name, *flags):
@@ -16,7 +16,7 @@ def run(tmp_path, name, *flags):
     out = str(tmp_path / name)
     train_run('--backbone', 'tiny-janus', '--data', 'vqav2', '--questions', q, '--annotations', a, '--images', images,
               '--steps', '2', '--batch-size', '4', '--filter', 'none', '--log-every', '1', '--val-size', '0',
-              '--lora-dropout', '0', '--out_dir', out, *flags)  # in this process (test_train.run)
+              '--lora-dropout', '0', '--out_dir', out, *flags)  # in this process (train_runner.run)
     return torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
 
 
