@@ -199,10 +199,9 @@ def check(args):
                  'pretrain_steps', 'lora_r', 'asr_every', 'calibration', 'pgd_steps'):  # counts, and `step % every`
         if getattr(args, flag) < 1:
             fail('--' + flag.replace('_', '-'), f"must be >= 1, got {getattr(args, flag)}")
-    if min(args.buffer_size, args.replay, args.beta, args.lam, args.clip_grad_u, args.clip_grad_c, args.val_size,
-           args.t2i_weight) < 0:  # here 0 means something: no buffer, no replay, no penalty, no clipping, no val table
-        fail('--buffer-size/--replay/--beta/--lam/--clip-grad-u/--clip-grad-c/--val-size/--t2i-weight',
-             'must be >= 0')
+    for flag in ('buffer_size', 'replay', 'beta', 'lam', 'clip_grad_u', 'clip_grad_c', 'val_size', 't2i_weight'):
+        if getattr(args, flag) < 0:  # here 0 means something: no buffer, no replay, no penalty, no clipping, no table
+            fail('--' + flag.replace('_', '-'), f"must be >= 0, got {getattr(args, flag)}")
     for flag in ('questions', 'annotations', 'images'):  # else a forgotten --data vqav2 trains on shapes silently
         if getattr(args, flag) and args.data != 'vqav2':
             fail('--' + flag, f"is read with --data vqav2 only (got --data {args.data})")
@@ -217,6 +216,15 @@ def check(args):
         fail('--filter-zero', f"edit needs --data shapes (its scenes and shape words); use scene on {args.data}")
     if args.space == 'token' and args.filter == 'clip':  # CLIP reads images; token space has none to show it
         fail('--filter', "clip needs decoded images; with --space token use --filter cosine (token cosine) or none")
+    # C learns on the states it perturbs when mining: Janus's G reads its own generation states, never U's tokens z
+    if args.mode == 'unigame' and args.perturb == 'adversarial' and args.space == 'decoded' and \
+            args.backbone not in ('tiny-toy', 'toy'):
+        if args.decode == 't2i':
+            fail('--decode', "t2i samples its image token by token and gives C no gradient (Eq. 7): use --decode "
+                             "regen, or --perturb random to mine t2i candidates with noise")
+        if args.attack == 'token':
+            fail('--attack', "token trains C on U's tokens z, but Janus's G reads its own generation states, so C "
+                             "would perturb states it never learnt on: use --attack decoded, or --space token with it")
     # K > 1 candidates of a sample differ only if something samples: the noise, or the decoder (Janus at a temperature
     # > 0: --gen-temperature, default 1 for t2i and 0 for regen; the toy decoder never samples)
     sampling = args.backbone not in ('tiny-toy', 'toy') and args.space == 'decoded' and \

@@ -13,7 +13,8 @@ every `--log-every` steps; the sums are reduced over ranks only there (one all-r
     broken_*        the reader outside the game (reader.py, toy only): share of accepted / filter-rejected / passed
                     candidates whose label broke; asr_intact: U wrong on accepted candidates whose label held
     hard_fresh      this step's accepted candidates in U's step; hard_replayed: entries of B replayed
-    buffer_kept     entries B holds after the step; H_mean: their mean hardness
+    buffer_kept     entries B still holds after the step's replay, before its candidates are pushed (a consumed B:
+                    0); H_mean: the mean hardness of B's entries at the end of the logged step
     images_skipped  unreadable real images so far
     step_time       seconds per step; phase_time: of them, data + frozen encode, challenge, mine, understand
 

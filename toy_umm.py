@@ -120,7 +120,9 @@ class ToyUMM(UMM):
         padded = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long, device=z.device)
         for i, seq in enumerate(ids):
             padded[i, :len(seq)] = torch.tensor(seq, device=z.device)
-        embeds = torch.cat([z.to(self.lm_head.weight.dtype), self.lm.get_input_embeddings()(padded)], 1)
+        text = self.lm.get_input_embeddings()(padded)                                   # (B, L, H)
+        wide = torch.promote_types(z.dtype, text.dtype)  # float32 z + delta is never rounded to bf16 weights' dtype
+        embeds = torch.cat([z.to(wide), text.to(wide)], 1)
         steps, mask = torch.arange(L, device=z.device).expand(B, L), None
         if segments is not None:  # restart each text's positions; let it see the image and itself, causally
             if 'flash' in (self.lm.config._attn_implementation or ''):  # it drops 4-D masks: turns would see each other
@@ -224,7 +226,7 @@ class ToyUMM(UMM):
     def render(self, z):
         """G: tokens (B, N, H) -> images (B, 3, s, s) in [0, 1]; one adapter + VAE-decoder pass, differentiable."""
         B, c, g, r = z.shape[0], self.vae.config.latent_channels, self.grid, self.r
-        lat = self.adapter(z.to(self.lm_head.weight.dtype))                       # (B, N, c*r*r)
+        lat = self.adapter(z.to(torch.promote_types(z.dtype, self.adapter[1].weight.dtype)))  # (B, N, c*r*r)
         lat = lat.transpose(1, 2).reshape(B, c * r * r, g, g)                     # token grid
         lat = self.adapter_conv(F.pixel_shuffle(lat, r))                          # (B, c, g*r, g*r)
         return ((self.vae.decode(lat).sample + 1) / 2).clamp(0, 1)                # (B, 3, s, s)
@@ -234,7 +236,7 @@ class ToyUMM(UMM):
         images is None), the UNet reading cross_adapter(z) (B, N, D) by cross-attention; no guidance. Differentiable in
         z through every step, so it costs a UNet pass per step in memory too. Noise from torch's global RNG."""
         sched, sf = self.scheduler, self.vae.config.scaling_factor
-        cond = self.cross_adapter(z.to(self.unet.dtype))                          # (B, N, D)
+        cond = self.cross_adapter(z.to(torch.promote_types(z.dtype, self.unet.dtype)))  # (B, N, D)
         sched.set_timesteps(self.steps, device=z.device)
         timesteps = sched.timesteps
         if images is None:
@@ -362,7 +364,8 @@ def _mrope_section(head_dim):
 
 def build_toy(siglip='google/siglip2-base-patch16-224', qwen='Qwen/Qwen2.5-VL-3B-Instruct',
               sd='stable-diffusion-v1-5/stable-diffusion-v1-5', decoder='vae', **_):
-    """`toy` from pretrained parts (hub ids or local dirs). Weights are never downloaded in tests.
+    """`toy` from pretrained parts (hub ids or local dirs), weights in their checkpoints' dtype (Qwen2.5-VL's: bf16);
+    z + delta reaches the LM and G in float32 all the same (promoted, never rounded). Never downloaded in tests.
     decoder='diffusion' adds SD-1.5's UNet (`sd`, subfolder unet); its cross-attention adapter is new."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     diffusion = _diffusion(decoder)

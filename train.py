@@ -328,13 +328,13 @@ try:
             if nan_streak >= args.max_nan_steps:
                 raise FloatingPointError(f"{nan_streak} non-finite losses in a row; last good checkpoint kept")
         if buffer is not None:  # B after replay: the replayed entries rescored, then this step's candidates pushed
+            log.add(buffer_kept=len(buffer))  # what B still holds after the replay (a consumed B is empty here)
             if replay is not None and args.buffer_policy == 'rescore' and finite.item():
                 buffer.rescore(replay['index'], ce[len(ce) - len(replay['questions']):])  # H under U now
             if fresh is not None and fresh[3]:  # B stores exactly what H scored: the float32 candidates
                 keep = fresh[3]
                 buffer.push(x_tilde[keep].float(), fresh[1], fresh[2], h[keep], step, qtypes=[tk[i] for i in keep],
                             ce=ce_k[keep], originals=xk[keep] if args.space == 'decoded' else None)
-            log.add(buffer_kept=len(buffer))
         t_end.append(time.time())
         log.add(L_U=l_u.detach().float().nan_to_num(), steps=1)
         log.add_phases([b - a for a, b in zip([t_step] + t_end, t_end)])               # seconds per phase

@@ -81,7 +81,7 @@ def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path, monkeypatch, 
     def started(*_):
         raise AssertionError("the study started despite a bad flag")
     monkeypatch.setattr(study.multiprocessing, 'get_context', started)  # never hours of work from a broken check
-    for flags, message in ((['--rows', 'full,fulll'], '--rows: unknown fulll'), (['--split', 'train'], '--split')):
+    for flags, message in ((['--rows', 'full,fulll'], '--rows: unknown fulll'), (['--split', 'train'], 'argument --split: invalid choice')):
         monkeypatch.setattr(sys, 'argv', ['study.py', '--out_dir', str(tmp_path), *flags])
         handler = signal.getsignal(signal.SIGINT)
         with pytest.raises(SystemExit) as e:

@@ -266,3 +266,22 @@ def test_toy_without_weights_fails_with_one_clear_message(monkeypatch, tmp_path)
     with pytest.raises(model.MissingWeights, match='HF_HOME') as e:
         backbones.load_backbone('toy')
     assert 'siglip2' in str(e.value).lower() and 'tiny-toy' in str(e.value)
+
+
+def test_the_toy_from_bf16_checkpoints_reads_z_plus_delta_in_float32(tmp_path, batch):
+    """`toy` loads Qwen2.5-VL and SigLIP2 in their checkpoints' bf16; z + delta must still reach the LM and G's
+    adapter in float32 (Appendix B.2's fp32 perturbation math): a cast to the weights' dtype keeps ~8 bits of it."""
+    import smoke
+    smoke.build_toy('tiny-toy', None, torch.bfloat16, str(tmp_path))  # the parts, saved in bf16 as on the hub
+    umm = toy_umm.build_toy(siglip=str(tmp_path / 'siglip'), qwen=str(tmp_path / 'qwen'), sd=str(tmp_path / 'sd'))
+    assert umm.lm_head.weight.dtype == torch.bfloat16  # the checkpoint's dtype: what this test is about
+    seen = {}
+    umm.lm.register_forward_pre_hook(lambda m, a, kw: seen.update(lm=kw['inputs_embeds'].dtype), with_kwargs=True)
+    umm.adapter.register_forward_pre_hook(lambda m, a: seen.update(adapter=a[0].dtype))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        z = umm.encode(batch['images']).float()
+        tokens = z + 1e-3 * z.pow(2).mean(-1, keepdim=True).sqrt() * torch.randn_like(z)  # a small float32 delta
+        ce = umm.understand_loss(tokens, batch['questions'], batch['answers'])
+        x = umm.render(tokens)
+    assert seen == {'lm': torch.float32, 'adapter': torch.float32}
+    assert torch.isfinite(ce).all() and x.shape == batch['images'].shape

@@ -99,7 +99,7 @@ def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
     # the defaults B keeps entries across steps (a consumed B was empty again after every step)
     assert rows[0]['hard_fresh'] > 0 and rows[0]['hard_replayed'] == 0  # nothing mined before step 0
     assert all(r['hard_fresh'] > 0 and r['hard_replayed'] > 0 for r in rows[1:])
-    assert rows[-1]['buffer_kept'] > rows[0]['buffer_kept'] > 0
+    assert rows[0]['buffer_kept'] == 0 < rows[1]['buffer_kept'] < rows[-1]['buffer_kept']  # B after the replay
     buf = torch.load(os.path.join(out, 'rank0.pt'), weights_only=True)['buffer']
     assert len(set(buf['steps'])) >= 2 and all(t.dtype == torch.float32 for t in buf['images'])
     for name in ('config.json', 'ckpt.pt', 'rank0.pt', 'adapter/adapter_config.json'):
@@ -108,17 +108,24 @@ def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
 
 def test_buffer_policies(base, tmp_path):
     """consume: replay takes entries out (at most 4 kept per step here, 4 replayed), so B holds only what the last
-    step pushed, and what it handed out is kept aside; keep and rescore: B holds entries of several steps."""
-    flags = ['--init', base, '--steps', '3', '--min-sim=-1e9', '--batch-size', '4', *FAST]
+    step pushed, is empty after each replay, and what it handed out is kept aside; keep and rescore: B holds entries
+    of several steps, and rescore sets a replayed entry's H to U's CE on it now, keep leaves H as mined."""
+    flags = ['--init', base, '--steps', '3', '--min-sim=-1e9', *FAST, '--batch-size', '4', '--log-every', '1']
     for policy in ('consume', 'keep', 'rescore'):
         run('--out_dir', str(tmp_path / policy), '--buffer-policy', policy, *flags)
     consumed = torch.load(str(tmp_path / 'consume' / 'rank0.pt'), weights_only=True)['buffer']
     assert set(consumed['steps']) == {2} and len(consumed['spent']['images']) > 0
+    assert [r['buffer_kept'] for r in metrics(str(tmp_path / 'consume'))] == [0, 0, 0]  # measured after the replay
+    buffers = {}
     for policy in ('keep', 'rescore'):
-        buf = torch.load(str(tmp_path / policy / 'rank0.pt'), weights_only=True)['buffer']
+        buf = buffers[policy] = torch.load(str(tmp_path / policy / 'rank0.pt'), weights_only=True)['buffer']
         assert set(buf['steps']) == {0, 1, 2}, policy
         last = metrics(str(tmp_path / policy))[-1]
         assert last['buffer_kept'] > 0 and last['H_mean'] is not None and abs(last['H_mean']) < float('inf')
+    # the same runs up to B's bookkeeping: step 0's entries, replayed at step 1, differ in H only where rescored
+    mined = {policy: sorted(h for h, t in zip(buf['hardness'], buf['steps']) if t == 0)
+             for policy, buf in buffers.items()}
+    assert len(mined['keep']) == len(mined['rescore']) > 0 and mined['keep'] != mined['rescore']
 
 
 def test_token_space_ablation_buffers_perturbed_tokens(base, tmp_path):
@@ -328,7 +335,9 @@ def test_a_nan_on_one_ddp_rank_is_skipped_by_both(base, tmp_path, backbone):
     (['--mode', 'pgd', '--pgd-steps', '0'], '--pgd-steps'), (['--mode', 'pgd', '--pgd-eps', '-8'], '--pgd-eps'),
     (['--train-min-objects', '0'], '--train-min-objects'), (['--train-families', 'count,colour'], '--train-families'),
     (['--mode', 'pretrain', '--backbone', 'tiny-janus'], '--backbone'),
-    (['--data', 'vqav2', '--filter-zero', 'edit'], '--filter-zero')])
+    (['--data', 'vqav2', '--filter-zero', 'edit'], '--filter-zero'),
+    (['--backbone', 'tiny-janus', '--filter', 'none', '--decode', 't2i'], '--decode'),  # C learns on the states it
+    (['--backbone', 'tiny-janus', '--filter', 'none', '--attack', 'token'], '--attack')])  # perturbs when mining
 def test_bad_flags_fail_naming_the_flag(flags, named, capsys, monkeypatch):
     """config.parse, train.py's first act, in this process (a train.py subprocess per case cost 13 s of imports):
     a bad flag, a bad combination or a missing file stops with argparse's exit 2 and a line naming the flag."""
@@ -336,7 +345,7 @@ def test_bad_flags_fail_naming_the_flag(flags, named, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as e:
         config.parse(argv=flags)
-    assert e.value.code == 2 and named in capsys.readouterr().err
+    assert e.value.code == 2 and f"error: {named}" in capsys.readouterr().err  # the usage above names every flag
 
 
 @pytest.mark.parametrize('flags, named, launcher', [
@@ -347,4 +356,4 @@ def test_bad_flags_on_the_command_line_fail_naming_the_flag(flags, named, launch
     """The same from `python train.py` (one case on the command line, the others run as the interpreter would run
     them, in this process), for the flags checked once the backbone is built (LoRA's placement)."""
     r = run(*flags, ok=False, launcher=launcher)
-    assert r.returncode == 2 and named in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and f"error: {named}" in r.stderr and 'Traceback' not in r.stderr, r.stderr[-2000:]
