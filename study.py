@@ -8,7 +8,7 @@ accuracy by more than the paired 95% interval, the testbed cannot resolve an eff
 trained model is scored once by evaluate.py's toy suite, on test. Settings are chosen on val (--split val, its own
 out_dir), never on the test table: und_lr 2e-4, LoRA on the LM's attention and MLPs and PGD at 4/255 are the
 testbed in which the PGD control resolved and SFT moved G-Acc on val (README, docs/study.md); the replay policy was
-chosen on val too.
+compared on val too (docs/study.md: rescore stays, as B must keep entries across steps).
 
     python study.py                                    # 5 seeds SFT, UniGame, PGD, augment + Table 4 (3 seeds) + cost
     python study.py --split val --rows full,full_keep,full_consume --seeds 2 --out_dir out/select_replay
@@ -48,7 +48,7 @@ import toy_base
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TOKEN = ['--space', 'token', '--attack', 'token']  # Table 4's embedding rows: C learns and acts on z + delta itself
 # Table 4 on the toy, top to bottom (docs/study.md maps them to the paper's rows); the decoded rows train C by Eq. 7
-# (train.py's default --attack decoded); then what replay does to an entry of B (--buffer-policy, chosen on val)
+# (train.py's default --attack decoded); then what replay does to an entry of B (--buffer-policy, compared on val)
 ROWS = {
     'sft': ['--mode', 'sft'],
     'noise_token': ['--perturb', 'random', *TOKEN, '--filter', 'none', '--buffer-size', '0'],
