@@ -1,7 +1,9 @@
 """train.py's game as Algorithm 1 composes it, watched from inside a run: by default C ascends Eq. 7 itself (through
 G and Enc), with U as a fixed opponent (eval mode: no LoRA dropout), and U's step reads z + delta in float32 under
-bf16 autocast (Appendix B.2). The run's outcomes: tests/test_train.py.
+bf16 autocast (Appendix B.2), and B stays full and ranked by H. The run's outcomes: tests/test_train.py.
 Run: python -m pytest -q tests/test_game.py"""
+
+import json
 
 import pytest
 import torch
@@ -54,3 +56,14 @@ def test_c_ascends_against_u_in_eval_mode_and_u_reads_float32_tokens(tmp_path, m
     assert not any(any(c['dropout']) for c in ascent)  # C's opponent is fixed: no dropout
     assert all(all(c['dropout']) for c in u_step)  # U learns with its dropout on
     assert all(c['dtype'] == torch.float32 for c in u_step)
+
+
+def test_b_fills_to_capacity_and_stays_ranked_by_h_in_the_game(tmp_path):
+    """Capacity, ranking and eviction inside the loop (buffer.py's own tests hold them alone): with room for 3 and
+    about 4 candidates accepted a step, B is full after the first step and holds the 3 hardest by H, ranked."""
+    run('--init', toy_base.BASE_DIR, '--out_dir', str(tmp_path), '--steps', '3', *FAST, '--buffer-size', '3',
+        '--log-every', '1')
+    buf = torch.load(str(tmp_path / 'rank0.pt'), weights_only=True)['buffer']
+    assert len(buf['images']) == 3 and buf['hardness'] == sorted(buf['hardness'], reverse=True)
+    rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+    assert [r['buffer_kept'] for r in rows] == [0, 3, 3] and sum(r['hard_fresh'] for r in rows) > 3  # some evicted
