@@ -1,5 +1,6 @@
 """Fixtures shared by test files: a run directory over a fresh tiny-toy base (test_evaluate.py, test_plots.py)."""
 import json
+import os
 
 import pytest
 import torch
@@ -8,6 +9,9 @@ import data
 import toy_base
 import toy_umm
 from judge import Judge
+
+if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest.ini's two workers share the cores: one thread each
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope='module')
