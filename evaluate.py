@@ -14,13 +14,9 @@ Two tiny-toy checkpoints at the default sizes take about 2 minutes on 2 CPU core
 import argparse
 import json
 import os
-import signal
 import time
 from collections import defaultdict
 from fractions import Fraction
-
-if __name__ == '__main__' and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: exit at once, no traceback (it saves at the end)
 
 import numpy as np
 import torch

@@ -38,9 +38,6 @@ import sys
 import time
 from concurrent import futures
 
-if __name__ == '__main__' and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch imports (seconds) exits, without a traceback
-
 import torch
 
 import data

@@ -22,9 +22,6 @@ import os
 import signal
 import time
 
-if __name__ == '__main__' and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C while torch imports (seconds) exits, without a traceback
-
 import numpy as np
 import torch
 import torch.distributed as dist
