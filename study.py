@@ -21,8 +21,10 @@ second thread poorly (a UniGame step took 1.04 s on 2 threads, and 1.75 s each f
 1.2x the throughput, 2026-12-05); step times in the cost table are then one thread's.
 
 Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
-score.json) and an interrupted run resumes from its checkpoint (Ctrl-C, or the study's process killed: its runs
-save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md.
+score_*.json) and an interrupted run resumes from its checkpoint (Ctrl-C, or the study's process killed: its runs
+save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md. A score is kept under the suite's
+settings (score_test_size2000_subset1000_groups1000_pgd4.json): another --split, --size, --subset or --groups
+scores the same trained runs again; a run trained with other settings (its config.json) stops the study at once.
 """
 
 import argparse
@@ -40,6 +42,7 @@ from concurrent import futures
 
 import torch
 
+import config
 import data
 import evaluate
 import plots
@@ -71,7 +74,17 @@ COMPARED = ('sft', 'full', *CONTROLS)  # run over --seeds; the other rows over -
 # (spatial: the family the base answers worst, 0.92 on val, the errors in scenes of 3-5 objects)
 METRICS = {'clean': 'clean all', 'spatial': 'clean spatial', **{s: f'shift {s}' for s in data.SHIFTS},
            'G-Acc': 'natural G_Acc', 'PGD': 'pgd', 're-read': 'reread', 'consistency': 'consistency mean'}
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}  # t_{0.975, df}
+T975 = [None, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def t975(df):
+    """t_{0.975, df}, the 95% two-sided quantile of Student's t: the table to 30 df, then the Cornish-Fisher
+    expansion about the normal's 1.96 (within 0.001 beyond 30 df)."""
+    if df < len(T975):
+        return T975[df]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
 class RunFailed(RuntimeError):
@@ -109,6 +122,24 @@ def check_stop():
         raise KeyboardInterrupt
 
 
+def trained_otherwise(run_dir, flags):
+    """What a run already in run_dir (finished, or interrupted with a checkpoint) was trained with that `flags` ask
+    otherwise, from its config.json: ['--steps 300 (asked: 600)', ...]; empty when nothing differs or no run is
+    there. Such a run must be neither kept nor resumed: a study would mix two settings under one name."""
+    if not any(os.path.isfile(os.path.join(run_dir, f)) for f in ('final.json', 'ckpt.pt')):
+        return []
+    with open(os.path.join(run_dir, 'config.json')) as f:
+        had = json.load(f)
+    asked = vars(config.p.parse_args(['--out_dir', run_dir, *flags]))  # None: resolved later, as train.py does
+
+    def same(k, v):  # the base by the directory it names, wherever the path was written from
+        if k == 'init':
+            return had.get(k) is not None and os.path.realpath(had[k]) == os.path.realpath(v)
+        return had.get(k) == v
+    return [f"--{k.replace('_', '-')} {had.get(k)} (asked: {v})" for k, v in asked.items()
+            if v is not None and k not in ('out_dir', 'resume') and not same(k, v)]
+
+
 def train(run_dir, flags, threads):
     """One train.py run, unless it already finished (final.json); an interrupted one resumes from its checkpoint."""
     if os.path.isfile(os.path.join(run_dir, 'final.json')):
@@ -133,8 +164,15 @@ def train(run_dir, flags, threads):
 _SETS = {}  # the suite's data, built once per process
 
 
+def score_file(suite, pgd_eps):
+    """The name a score is cached under: the suite's settings, so that a study at other settings scores again."""
+    split, size, subset, groups = suite
+    return f"score_{split}_size{size}_subset{subset}_groups{groups}_pgd{pgd_eps:g}.json"
+
+
 def score(ckpt, suite, attack, path):
-    """The toy suite (split, size, subset, groups) on one checkpoint, once: the flat scores are cached in `path`."""
+    """The toy suite (split, size, subset, groups) on one checkpoint, once: the flat scores are cached in `path`
+    (named by score_file)."""
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)
@@ -191,7 +229,7 @@ def paired_interval(a, b):
     """Mean of b - a over seeds and its 95% t-interval half-width (nan for one seed): runs are paired by seed."""
     d = [y - x for x, y in zip(a, b)]
     m, s = mean_std(d)
-    return m, T975.get(len(d) - 1, 1.96) * s / math.sqrt(len(d)) if len(d) > 1 else math.nan
+    return m, t975(len(d) - 1) * s / math.sqrt(len(d)) if len(d) > 1 else math.nan
 
 
 def cell(m, s, scale=100):
@@ -284,9 +322,15 @@ def main():
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     runs = [(n, seed, os.path.join(args.out_dir, n, f'seed{seed}')) for seed in range(max(plan.values()))
             for n, k in plan.items() if seed < k]
-    tasks = [('base', 0, args.init, None, os.path.join(args.out_dir, 'base_score.json'))] + [
-        (n, seed, run, [*common, *every[n], '--seed', str(seed)], os.path.join(run, 'score.json'))
+    scored_as = score_file(suite, args.pgd_eps)
+    tasks = [('base', 0, args.init, None, os.path.join(args.out_dir, 'base_' + scored_as))] + [
+        (n, seed, run, [*common, *every[n], '--seed', str(seed)], os.path.join(run, scored_as))
         for n, seed, run in runs]
+    for n, seed, run, flags, _ in tasks[1:]:  # a run kept from another study in this out_dir: refuse before any work
+        otherwise = trained_otherwise(run, flags)
+        if otherwise:
+            p.error(f"--out_dir: {run} was trained with other settings than this study asks: "
+                    f"{'; '.join(otherwise[:4])}; use another --out_dir, or delete that run")
     results = {}
     spawn = multiprocessing.get_context('spawn')
     stop, pending, running = spawn.Event(), list(tasks), {}

@@ -2,16 +2,21 @@
 what a stopped study keeps (Ctrl-C, Ctrl-C while workers start, the main process killed outright).
 Run: python -m pytest -q tests/test_study.py   (5.7 min on one thread beside a study run, 2026-12-06)"""
 
+import glob
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+
+import pytest
 
 import study
 import toy_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE_SCORE = 'base_' + study.score_file(('test', 40, 20, 10), 4.0)  # where start_study's study caches the base's score
 
 
 def start_study(out, seeds, jobs, extra, scored_base=True, **popen):
@@ -20,7 +25,7 @@ def start_study(out, seeds, jobs, extra, scored_base=True, **popen):
     these tests stop runs, and scoring the base first only makes them wait), so seed 0 is the first task to work."""
     if scored_base:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, 'base_score.json'), 'w') as f:
+        with open(os.path.join(out, BASE_SCORE), 'w') as f:
             json.dump({'clean all': 0.0, 'shift mean': 0.0, 'pgd': 0.0}, f)
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
            '--seeds', str(seeds), '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', str(jobs),
@@ -37,7 +42,15 @@ def test_paired_interval_by_hand():
     assert m == -0.25 and math.isnan(h)
 
 
-def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
+def test_t_quantile_beyond_ten_seeds():
+    # Student's t, 0.975 quantile, from a printed table (not from study.py): 12, 40, 60 and 120 degrees of freedom
+    for df, t in ((12, 2.179), (40, 2.021), (60, 2.000), (120, 1.980)):
+        assert abs(study.t975(df) - t) < 1.5e-3, (df, study.t975(df))
+    m, h = study.paired_interval([0.0] * 13, [float(k % 2) for k in range(13)])  # 13 seeds: 12 df, not the normal's
+    assert abs(h - 2.179 * math.sqrt(6 * 7 / 13 / 12) / math.sqrt(13)) < 1e-3
+
+
+def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path, monkeypatch, capsys):
     base, out = toy_base.BASE_DIR, str(tmp_path / 'study')  # the shipped base: its judge calibrates the filter
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', base, '--out_dir', out, '--seeds', '1',
            '--ablation-seeds', '0', '--steps', '2', '--size', '40', '--subset', '20', '--groups', '10',
@@ -64,20 +77,39 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path):
     assert cost['full']['ms_per_phase']['challenge'] > 10 * cost['sft']['ms_per_phase']['challenge']
     with open(os.path.join(out, 'pgd', 'seed0', 'metrics.jsonl')) as f:
         assert all(json.loads(line)['hard_fresh'] == 8 for line in f)  # the control learnt from a PGD row per sample
-    kept = [os.path.join(out, run, name)
-            for run in ('sft/seed0', 'full/seed0') for name in ('final.json', 'score.json')]
+    scores = lambda run: sorted(glob.glob(os.path.join(out, run, 'score_*.json')))
+    kept = [os.path.join(out, run, 'final.json') for run in ('sft/seed0', 'full/seed0')] + scores('sft/seed0') + \
+        scores('full/seed0')
     stamps = [os.stat(p).st_mtime_ns for p in kept]
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     assert [os.stat(p).st_mtime_ns for p in kept] == stamps  # nothing was trained or scored again
 
+    # the same out_dir at another training setting: refused before any work (in this process: no 11 s import)
+    def started(*_):
+        raise AssertionError("the study started on runs trained with other settings")
+    monkeypatch.setattr(study.multiprocessing, 'get_context', started)
+    monkeypatch.setattr(sys, 'argv', ['study.py', *cmd[2:], '--steps', '3'])
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as e:
+        try:
+            study.main()
+        finally:
+            signal.signal(signal.SIGINT, handler)  # main() installs its own
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'error: --out_dir:' in err and '--steps 2 (asked: 3)' in err, err[-1000:]
+    assert [os.stat(p).st_mtime_ns for p in kept] == stamps
+
+    # another suite setting: the trained runs are kept and scored again, into their own files
+    third = subprocess.run([*cmd, '--subset', '10'], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert [os.stat(p).st_mtime_ns for p in kept] == stamps
+    assert len(scores('sft/seed0')) == 2 and len(scores('full/seed0')) == 2
+    assert json.load(open(os.path.join(out, 'study.json')))['settings']['subset'] == 10
+
 
 def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path, monkeypatch, capsys):
     """study.py's flags, read by main() in this process (a study.py subprocess spends 11 s importing torch)."""
-    import signal
-
-    import pytest
-
     def started(*_):
         raise AssertionError("the study started despite a bad flag")
     monkeypatch.setattr(study.multiprocessing, 'get_context', started)  # never hours of work from a broken check
@@ -97,7 +129,6 @@ def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path, monkeypatch, 
 def test_ctrl_c_stops_the_study_keeps_the_runs_and_starts_nothing_new(tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group) stops the study at once: the running train.py runs save a
     checkpoint and stop, the runs not yet started never start, and the exit says how to resume."""
-    import signal
     import time
     out = str(tmp_path / 'study')
     proc = start_study(out, 3, 1, '--batch-size 4 --train-size 200 --log-every 1 --save-every 5',
@@ -126,7 +157,6 @@ def test_ctrl_c_stops_the_study_keeps_the_runs_and_starts_nothing_new(tmp_path):
 def test_ctrl_c_while_the_workers_start_starts_nothing_and_prints_no_traceback(tmp_path):
     """A Ctrl-C while the worker processes are still starting (importing torch): they ignore it then, so the tasks
     already handed to them must see the study's stop and not start; no traceback, exit 130 within a minute."""
-    import signal
     import time
     out = str(tmp_path / 'study')
     proc = start_study(out, 2, 2, '--batch-size 4 --train-size 200', scored_base=False, stdout=subprocess.PIPE,
@@ -145,13 +175,12 @@ def test_ctrl_c_while_the_workers_start_starts_nothing_and_prints_no_traceback(t
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and 'Traceback' not in stdout, stdout[-2000:]
     assert not os.path.exists(os.path.join(out, 'sft', 'seed0', 'metrics.jsonl'))  # seed 0 never trained
-    assert not os.path.exists(os.path.join(out, 'base_score.json'))
+    assert not os.path.exists(os.path.join(out, BASE_SCORE))
 
 
 def test_a_study_killed_outright_leaves_no_worker_or_run_behind(tmp_path):
     """kill -9 of the study's main process alone (no Ctrl-C, no clean-up, as a scheduler may do): its workers die
     with it, and the train.py a worker started hears SIGINT, saves its step and stops. Nothing trains on."""
-    import signal
     import time
     out = str(tmp_path / 'study')
     proc = start_study(out, 2, 1, '--batch-size 4 --train-size 200 --log-every 1 --save-every 5',
