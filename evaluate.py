@@ -250,19 +250,22 @@ def load_checkpoint(path):
     return umm.eval(), judge
 
 
-def evaluate_model(umm, judge, sets, subset, attack) -> dict:
-    """Every measurement of the suite for one model, with its seconds; `sets` are built once for all models."""
-    # lambdas, so that each part is timed alone; the last four read `subset` only, as pgd (`steps` forward + backward
-    # passes per batch) and consistency (captions token by token) cost the most
+def evaluate_model(umm, judge, sets, subset, attack, only=None, skip=()) -> dict:
+    """Every measurement of the suite for one model (those named in `only`, if given, less those in `skip`), with
+    its seconds; `sets` are built once for all models (suite_sets)."""
+    # lambdas, so that each part is timed alone; pgd reads sets['pgd'] and the last three `subset` only, as pgd
+    # (`steps` forward + backward passes per batch) and consistency (captions token by token) cost the most
     parts = {'clean': lambda: accuracy(umm, sets['clean']),
              'shift': lambda: {s: accuracy(umm, sets[s])['all'] for s in data.SHIFTS},
              'natural': lambda: natural_scores(umm, sets['natural']),
-             'pgd': lambda: pgd_accuracy(umm, subset, **attack),
+             'pgd': lambda: pgd_accuracy(umm, sets['pgd'], **attack),
              'reread': lambda: accuracy(umm, subset, transform=lambda x: umm.render(umm.encode(x)))['all'],
              'consistency': lambda: consistency(umm, subset, judge),
              't2i_ranking': lambda: t2i_ranking(umm, judge, subset) if judge is not None else None}
     out, seconds = {}, {}
     for name, measure in parts.items():
+        if (only is not None and name not in only) or name in skip:
+            continue
         t0 = time.time()
         out[name], seconds[name] = measure(), round(time.time() - t0, 1)
     return {**out, 'seconds': seconds}
@@ -289,23 +292,29 @@ def print_table(columns: dict):
         print(f"{r:26}" + ''.join(f"{'-' if v is None else f'{v:.3f}':>{w}}" for v, w in zip(cells, widths)))
 
 
-def suite_sets(split, size, subset, groups):
-    """The suite's data, built once for every model: clean, each shift, NaturalBench groups; and the first `subset`
-    clean questions, which get the costly measurements."""
-    # every sample is drawn from a fixed seed per split and index (data.py): the same images in every invocation
+def suite_sets(split, size, subset, groups, pgd_questions=None):
+    """The suite's data, built once for every model: clean, each shift, NaturalBench groups, the first
+    `pgd_questions` (default: `subset`) clean questions for PGD; and the first `subset` clean questions, which get
+    the other costly measurements."""
+    # every sample is drawn from a fixed seed per split and index (data.py): the same images in every invocation, so
+    # the first n questions of a set of any size are the same n questions
     sets = {'clean': data.ShapesVQA(split, size), 'natural': naturalgroups.NaturalGroups(split, groups),
             **{s: data.ShapesVQA(split, size, shift=s) for s in data.SHIFTS}}
+    n = min(subset, size) if pgd_questions is None else pgd_questions
+    sets['pgd'] = torch.utils.data.Subset(sets['clean'], range(n)) if n <= size else data.ShapesVQA(split, n)
     return sets, torch.utils.data.Subset(sets['clean'], range(min(subset, size)))
 
 
-def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None, picture=None) -> dict:
+def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None, picture=None,
+          pgd_questions=None) -> dict:
     """The toy suite on every checkpoint: prints one table (columns = checkpoints) and returns everything."""
     attack = attack or dict(eps=4 / 255, steps=10, step_size=1 / 255)  # the study's and the pgd control's radius
     for ckpt in ckpts:  # a wrong path fails now, not after the data are built and other models scored
         checkpoint_kind(ckpt)
-    sets, few = suite_sets(split, size, subset, groups)
+    sets, few = suite_sets(split, size, subset, groups, pgd_questions)
     # majority: the image-blind floor, each family's most common answer among 20k train questions
-    results = {'settings': dict(split=split, size=size, subset=len(few), groups=groups, attack=attack),
+    results = {'settings': dict(split=split, size=size, subset=len(few), groups=groups, attack=attack,
+                                pgd_questions=len(sets['pgd'])),
                'majority': majority_baseline(data.ShapesVQA('train', 20000), sets['clean']), 'models': {}}
     for i, ckpt in enumerate(ckpts):
         t0 = time.time()
@@ -318,8 +327,8 @@ def suite(ckpts, split='test', size=2000, subset=1000, groups=1000, attack=None,
             save_reconstructions(umm, sets['clean'], path)
             print(f"wrote {path}: originals / reconstructions / T2I from their captions ({ckpt})")
     print(f"\n{split} split: {size} questions (clean, each shift), {groups} NaturalBench-style groups; PGD (L-inf eps "
-          f"{attack['eps']:.4f}, {attack['steps']} steps of {attack['step_size']:.4f}), re-reading, consistency and "
-          f"T2I ranking on the first {len(few)} questions")
+          f"{attack['eps']:.4f}, {attack['steps']} steps of {attack['step_size']:.4f}) on the first "
+          f"{len(sets['pgd'])} questions; re-reading, consistency and T2I ranking on the first {len(few)}")
     names = [os.path.basename(os.path.normpath(c)) for c in ckpts]
     columns = {'majority': flatten({'clean': results['majority']})}
     for ckpt, name in zip(ckpts, names):  # a column per checkpoint, by folder name unless two share it
@@ -344,6 +353,9 @@ if __name__ == '__main__':
     parser.add_argument('--subset', type=int, default=1000,
                         help='the first N clean questions get PGD, re-reading, consistency and T2I ranking')
     parser.add_argument('--groups', type=int, default=1000, help='NaturalBench-style groups (4 answers each)')
+    parser.add_argument('--pgd-questions', type=int, default=None,
+                        help="PGD accuracy on the first N clean questions (default: --subset; study.py's testbed "
+                             "uses 4000: fewer leave most of a seed-to-seed spread to which questions were asked)")
     parser.add_argument('--pgd-eps', type=fraction, default=4 / 255,
                         help="L-inf radius in [0, 1] pixels (4/255, the study's; train.py and study.py count in 1/255)")
     parser.add_argument('--pgd-steps', type=int, default=10, help='PGD steps (0: no attack)')
@@ -364,11 +376,14 @@ if __name__ == '__main__':
         else:
             if min(args.size, args.subset, args.groups) < 1 or args.pgd_steps < 0:
                 parser.error('--size, --subset and --groups must be >= 1; --pgd-steps >= 0')
+            if args.pgd_questions is not None and args.pgd_questions < 1:
+                parser.error(f'--pgd-questions: must be >= 1, got {args.pgd_questions}')
             if not 0 <= args.pgd_eps < 1:  # 4 meant as 4/255 (train.py's unit) would be no bound at all
                 parser.error(f'--pgd-eps: a radius in [0, 1) pixels such as 4/255, got {args.pgd_eps:g}')
             t0 = time.time()
             attack = dict(eps=args.pgd_eps, steps=args.pgd_steps, step_size=args.pgd_step_size or args.pgd_eps / 4)
-            result = suite(args.ckpt, args.split, args.size, args.subset, args.groups, attack, args.picture)
+            result = suite(args.ckpt, args.split, args.size, args.subset, args.groups, attack, args.picture,
+                           args.pgd_questions)
             result['settings']['seconds'] = round(time.time() - t0, 1)
             print(f"suite: {time.time() - t0:.0f}s")
             if args.json:

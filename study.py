@@ -8,23 +8,25 @@ accuracy by more than the paired 95% interval, the testbed cannot resolve an eff
 trained model is scored once by evaluate.py's toy suite, on test. Settings are chosen on val (--split val, its own
 out_dir), never on the test table: und_lr 2e-4, LoRA on the LM's attention and MLPs and PGD at 4/255 are the
 testbed in which the PGD control resolved and SFT moved G-Acc on val (README, docs/study.md); the replay policy was
-compared on val too (docs/study.md: rescore stays, as B must keep entries across steps).
+compared on val too (docs/study.md: rescore stays, as B must keep entries across steps). PGD accuracy is scored on
+4000 questions: on val, with 1000, which questions were asked made all of the spread of pgd - sft over seeds.
 
     python study.py                                    # 5 seeds SFT, UniGame, PGD, augment + Table 4 (3 seeds) + cost
     python study.py --split val --rows full,full_keep,full_consume --seeds 2 --out_dir out/select_replay
                                                        # a choice on val: these rows only, 2 seeds each
     python study.py --seeds 1 --ablation-seeds 0 --steps 20 --size 200 --subset 100 --groups 100 \\
-        --out_dir out/study_quick                      # a quick check of the plumbing (about 3 min)
+        --pgd-questions 100 --out_dir out/study_quick  # a quick check of the plumbing (about 3 min)
 
 --jobs 2 (the default on 2 cores) trains and scores two runs at once, one thread each: these small models use a
 second thread poorly (a UniGame step took 1.04 s on 2 threads, and 1.75 s each for two 1-thread runs side by side:
 1.2x the throughput, 2026-12-05); step times in the cost table are then one thread's.
 
 Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
-score_*.json) and an interrupted run resumes from its checkpoint (Ctrl-C, or the study's process killed: its runs
-save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md. A score is kept under the suite's
-settings (score_test_size2000_subset1000_groups1000_pgd4.json): another --split, --size, --subset or --groups
-scores the same trained runs again; a run trained with other settings (its config.json) stops the study at once.
+score_*.json, pgd_*.json) and an interrupted run resumes from its checkpoint (Ctrl-C, or the study's process killed: its runs
+save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md. Scores are kept under the settings
+that made them (score_test_size2000_subset1000_groups1000.json, and PGD alone in pgd_test_4000q_eps4.json): another
+--split, --size, --subset, --groups or --pgd-questions scores the same trained runs again; a run trained with other
+settings (its config.json) stops the study at once.
 """
 
 import argparse
@@ -164,39 +166,48 @@ def train(run_dir, flags, threads):
 _SETS = {}  # the suite's data, built once per process
 
 
-def score_file(suite, pgd_eps):
-    """The name a score is cached under: the suite's settings, so that a study at other settings scores again."""
-    split, size, subset, groups = suite
-    return f"score_{split}_size{size}_subset{subset}_groups{groups}_pgd{pgd_eps:g}.json"
+def score_files(run_dir, suite, pgd_eps, prefix=''):
+    """Where the scores of the model in run_dir are cached, named by the settings that made them: the suite but PGD,
+    and PGD alone (its costliest part: another --pgd-questions scores PGD again and nothing else)."""
+    split, size, subset, groups, pgd_questions = suite
+    return (os.path.join(run_dir, f"{prefix}score_{split}_size{size}_subset{subset}_groups{groups}.json"),
+            os.path.join(run_dir, f"{prefix}pgd_{split}_{pgd_questions}q_eps{pgd_eps:g}.json"))
 
 
-def score(ckpt, suite, attack, path):
-    """The toy suite (split, size, subset, groups) on one checkpoint, once: the flat scores are cached in `path`
-    (named by score_file)."""
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    if suite not in _SETS:
-        _SETS[suite] = evaluate.suite_sets(*suite)
-    sets, few = _SETS[suite]
-    umm, judge = evaluate.load_checkpoint(ckpt)
-    result = evaluate.evaluate_model(umm, judge, sets, few, attack)
-    flat = {**evaluate.flatten({k: v for k, v in result.items() if k != 'seconds'}), 'seconds': result['seconds']}
+def score(ckpt, suite, attack, paths):
+    """The toy suite (split, size, subset, groups, PGD questions) on one checkpoint, once: flat scores, cached in
+    `paths` (score_files: the parts but PGD, then PGD)."""
+    cached = [None, None]
+    for i, path in enumerate(paths):
+        if os.path.isfile(path):
+            with open(path) as f:
+                cached[i] = json.load(f)
+    if None in cached:
+        if suite not in _SETS:
+            _SETS[suite] = evaluate.suite_sets(*suite)
+        sets, few = _SETS[suite]
+        umm, judge = evaluate.load_checkpoint(ckpt)
+        for i, parts in enumerate((dict(skip=('pgd',)), dict(only=('pgd',)))):
+            if cached[i] is None:
+                result = evaluate.evaluate_model(umm, judge, sets, few, attack, **parts)
+                cached[i] = {**evaluate.flatten({k: v for k, v in result.items() if k != 'seconds'}),
+                             'seconds': result['seconds']}
+                atomic_json(cached[i], paths[i])
+    flat = {**cached[0], **cached[1], 'seconds': {**cached[0]['seconds'], **cached[1]['seconds']}}
     flat['shift mean'] = sum(flat[f'shift {s}'] for s in data.SHIFTS) / len(data.SHIFTS)
-    atomic_json(flat, path)
     return flat
 
 
-def train_and_score(run_dir, flags, suite, attack, threads, path):
+def train_and_score(run_dir, flags, suite, attack, threads, paths):
     """One task of the study in a worker process of `threads` threads: train run_dir with `flags` (None: a base, not
-    trained) unless it finished, then score it into `path` unless it was scored."""
+    trained) unless it finished, then score it into `paths` unless it was scored."""
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the worker listens to Ctrl-C only while it works
     try:
         check_stop()
         if flags is not None:
             train(run_dir, flags, threads)
-        return score(run_dir, suite, attack, path)
+        return score(run_dir, suite, attack, paths)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # idle again: a Ctrl-C must not break the pool
 
@@ -280,16 +291,19 @@ def main():
     p.add_argument('--split', default='test', choices=['val', 'test'],
                    help='where every run is scored: val to choose settings (use another --out_dir), test once')
     p.add_argument('--size', type=int, default=2000, help='questions of the clean set and of each shift')
-    p.add_argument('--subset', type=int, default=1000, help='the first N get PGD, re-reading and consistency')
+    p.add_argument('--subset', type=int, default=1000, help='the first N get re-reading, consistency and T2I ranking')
     p.add_argument('--groups', type=int, default=1000, help='NaturalBench-style groups for G-Acc')
+    p.add_argument('--pgd-questions', type=int, default=4000,
+                   help='PGD accuracy on the first N questions (chosen on val: with 1000, which questions were asked '
+                        'made all of the spread of pgd - sft over seeds; docs/study.md)')
     # system
     p.add_argument('--jobs', type=int, default=max(1, min(2, os.cpu_count() or 1)),
                    help='runs trained and scored at once, each with cores/jobs threads (default: 2 on 2+ cores)')
     args = p.parse_args()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops, even if started where it was ignored
-    for flag in ('seeds', 'steps', 'size', 'subset', 'groups', 'jobs'):
+    for flag in ('seeds', 'steps', 'size', 'subset', 'groups', 'pgd_questions', 'jobs'):
         if getattr(args, flag) < 1:
-            p.error(f"--{flag}: must be >= 1, got {getattr(args, flag)}")
+            p.error(f"--{flag.replace('_', '-')}: must be >= 1, got {getattr(args, flag)}")
     if args.ablation_seeds < 0:
         p.error(f"--ablation-seeds: must be >= 0, got {args.ablation_seeds}")
     every = {**ROWS, **CONTROLS}
@@ -317,14 +331,13 @@ def main():
     common = ['--init', args.init, '--steps', str(args.steps), '--und-lr', str(args.und_lr), '--eps', str(args.eps),
               '--lam', str(args.lam), '--min-sim', str(args.min_sim), '--lora-targets', args.lora_targets,
               '--pgd-eps', str(args.pgd_eps), '--val-size', '0', *args.extra.split()]
-    suite = (args.split, args.size, args.subset, args.groups)
+    suite = (args.split, args.size, args.subset, args.groups, args.pgd_questions)
     attack = dict(eps=args.pgd_eps / 255, steps=10, step_size=args.pgd_eps / 255 / 4)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     runs = [(n, seed, os.path.join(args.out_dir, n, f'seed{seed}')) for seed in range(max(plan.values()))
             for n, k in plan.items() if seed < k]
-    scored_as = score_file(suite, args.pgd_eps)
-    tasks = [('base', 0, args.init, None, os.path.join(args.out_dir, 'base_' + scored_as))] + [
-        (n, seed, run, [*common, *every[n], '--seed', str(seed)], os.path.join(run, scored_as))
+    tasks = [('base', 0, args.init, None, score_files(args.out_dir, suite, args.pgd_eps, 'base_'))] + [
+        (n, seed, run, [*common, *every[n], '--seed', str(seed)], score_files(run, suite, args.pgd_eps))
         for n, seed, run in runs]
     for n, seed, run, flags, _ in tasks[1:]:  # a run kept from another study in this out_dir: refuse before any work
         otherwise = trained_otherwise(run, flags)
@@ -339,8 +352,8 @@ def main():
     try:  # at most --jobs tasks handed to the pool at a time, so that a stop leaves nothing queued to start
         while pending or running:
             while pending and len(running) < args.jobs:
-                n, seed, run, flags, path = pending.pop(0)
-                running[submit(pool, train_and_score, run, flags, suite, attack, threads, path)] = (n, seed, run)
+                n, seed, run, flags, paths = pending.pop(0)
+                running[submit(pool, train_and_score, run, flags, suite, attack, threads, paths)] = (n, seed, run)
             done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
             for f in done:
                 n, seed, run = running.pop(f)

@@ -157,6 +157,25 @@ def test_a_pgd_radius_in_train_py_units_fails_naming_the_flag():
     assert 'Traceback' not in cli.stderr and 'suite:' not in cli.stdout
 
 
+def test_a_pgd_question_count_below_one_fails_naming_the_flag():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cli = subprocess.run([sys.executable, 'evaluate.py', '--ckpt', 'weights/tiny-toy', '--pgd-questions', '0'],
+                         capture_output=True, text=True, cwd=root, timeout=120)
+    assert cli.returncode == 2 and 'error: --pgd-questions' in cli.stderr and 'suite:' not in cli.stdout
+
+
+def test_pgd_reads_the_first_n_clean_questions_however_many_the_clean_set_holds():
+    """--pgd-questions N: PGD on the first N questions of the clean set, fewer or more than the set's --size (the
+    same questions: each is drawn from its split and index); by default the first --subset."""
+    for n, expected in ((None, 5), (3, 3), (12, 12)):
+        sets, few = evaluate.suite_sets('val', 8, 5, 2, n)
+        assert len(sets['pgd']) == expected and len(few) == 5
+        for i in range(min(expected, 8)):
+            a, b = sets['pgd'][i], sets['clean'][i]
+            assert torch.equal(a['image'], b['image']) and (a['question'], a['answer']) == (b['question'], b['answer'])
+    assert sets['pgd'][11]['question'] == data.ShapesVQA('val', 12)[11]['question']
+
+
 class Lookup:
     """A stand-in U that answers from a table {(image bytes, question): answer}, or 'yes' to everything."""
     device = torch.device('cpu')  # where evaluate puts the images (UMM.device, Judge.device)

@@ -16,7 +16,7 @@ import study
 import toy_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_SCORE = 'base_' + study.score_file(('test', 40, 20, 10), 4.0)  # where start_study's study caches the base's score
+BASE_SCORES = study.score_files('', ('test', 40, 20, 10, 20), 4.0, 'base_')  # where start_study caches the base's
 
 
 def start_study(out, seeds, jobs, extra, scored_base=True, **popen):
@@ -25,13 +25,29 @@ def start_study(out, seeds, jobs, extra, scored_base=True, **popen):
     these tests stop runs, and scoring the base first only makes them wait), so seed 0 is the first task to work."""
     if scored_base:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, BASE_SCORE), 'w') as f:
-            json.dump({'clean all': 0.0, 'shift mean': 0.0, 'pgd': 0.0}, f)
+        for name, part in zip(BASE_SCORES, ({'clean all': 0.0, 'shift mean': 0.0}, {'pgd': 0.0})):
+            with open(os.path.join(out, name), 'w') as f:
+                json.dump({**part, 'seconds': {}}, f)
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
            '--seeds', str(seeds), '--ablation-seeds', '0', '--rows', 'sft', '--steps', '3000', '--jobs', str(jobs),
-           '--size', '40', '--subset', '20', '--groups', '10', '--extra', extra]
+           '--size', '40', '--subset', '20', '--groups', '10', '--pgd-questions', '20', '--extra', extra]
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **popen)
+
+
+def refused(monkeypatch, capsys, argv):
+    """study.main() on `argv` in this process, expected to stop before any work: (exit code, stderr)."""
+    def started(*_):
+        raise AssertionError("the study started despite a bad flag or a mismatched out_dir")
+    monkeypatch.setattr(study.multiprocessing, 'get_context', started)  # never hours of work from a broken check
+    monkeypatch.setattr(sys, 'argv', ['study.py', *argv])
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as e:
+        try:
+            study.main()
+        finally:
+            signal.signal(signal.SIGINT, handler)  # main() installs its own
+    return e.value.code, capsys.readouterr().err
 
 
 def test_paired_interval_by_hand():
@@ -54,7 +70,8 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path, monkeypat
     base, out = toy_base.BASE_DIR, str(tmp_path / 'study')  # the shipped base: its judge calibrates the filter
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', base, '--out_dir', out, '--seeds', '1',
            '--ablation-seeds', '0', '--steps', '2', '--size', '40', '--subset', '20', '--groups', '10',
-           '--min-sim=-1e9', '--extra', '--batch-size 8 --train-size 200 --replay 4 --log-every 1 --pgd-steps 2']
+           '--pgd-questions', '20', '--min-sim=-1e9', '--extra',
+           '--batch-size 8 --train-size 200 --replay 4 --log-every 1 --pgd-steps 2']
     env = {**os.environ, 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
@@ -77,52 +94,42 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path, monkeypat
     assert cost['full']['ms_per_phase']['challenge'] > 10 * cost['sft']['ms_per_phase']['challenge']
     with open(os.path.join(out, 'pgd', 'seed0', 'metrics.jsonl')) as f:
         assert all(json.loads(line)['hard_fresh'] == 8 for line in f)  # the control learnt from a PGD row per sample
-    scores = lambda run: sorted(glob.glob(os.path.join(out, run, 'score_*.json')))
+    scores = lambda run, kind='score': sorted(glob.glob(os.path.join(out, run, f'{kind}_*.json')))
     kept = [os.path.join(out, run, 'final.json') for run in ('sft/seed0', 'full/seed0')] + scores('sft/seed0') + \
-        scores('full/seed0')
+        scores('full/seed0') + scores('sft/seed0', 'pgd')
+    assert len(kept) == 5  # a run's suite, and its PGD apart
     stamps = [os.stat(p).st_mtime_ns for p in kept]
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     assert [os.stat(p).st_mtime_ns for p in kept] == stamps  # nothing was trained or scored again
 
     # the same out_dir at another training setting: refused before any work (in this process: no 11 s import)
-    def started(*_):
-        raise AssertionError("the study started on runs trained with other settings")
-    monkeypatch.setattr(study.multiprocessing, 'get_context', started)
-    monkeypatch.setattr(sys, 'argv', ['study.py', *cmd[2:], '--steps', '3'])
-    handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(SystemExit) as e:
-        try:
-            study.main()
-        finally:
-            signal.signal(signal.SIGINT, handler)  # main() installs its own
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and 'error: --out_dir:' in err and '--steps 2 (asked: 3)' in err, err[-1000:]
+    code, err = refused(monkeypatch, capsys, [*cmd[2:], '--steps', '3'])
+    assert code == 2 and 'error: --out_dir:' in err and '--steps 2 (asked: 3)' in err, err[-1000:]
     assert [os.stat(p).st_mtime_ns for p in kept] == stamps
 
-    # another suite setting: the trained runs are kept and scored again, into their own files
+    # another suite setting: the trained runs are kept and scored again, into their own files; another PGD question
+    # count scores PGD alone again
     third = subprocess.run([*cmd, '--subset', '10'], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert third.returncode == 0, third.stderr[-2000:]
     assert [os.stat(p).st_mtime_ns for p in kept] == stamps
     assert len(scores('sft/seed0')) == 2 and len(scores('full/seed0')) == 2
     assert json.load(open(os.path.join(out, 'study.json')))['settings']['subset'] == 10
+    fourth = subprocess.run([*cmd, '--pgd-questions', '30'], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=600)
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    assert [os.stat(p).st_mtime_ns for p in kept] == stamps
+    assert len(scores('sft/seed0')) == 2 and len(scores('sft/seed0', 'pgd')) == 2
+    pgd30 = json.load(open(os.path.join(out, 'sft', 'seed0', 'pgd_test_30q_eps4.json')))
+    assert pgd30['seconds'].keys() == {'pgd'} and 0 <= pgd30['pgd'] <= 1  # only PGD was scored again
 
 
 def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path, monkeypatch, capsys):
     """study.py's flags, read by main() in this process (a study.py subprocess spends 11 s importing torch)."""
-    def started(*_):
-        raise AssertionError("the study started despite a bad flag")
-    monkeypatch.setattr(study.multiprocessing, 'get_context', started)  # never hours of work from a broken check
-    for flags, message in ((['--rows', 'full,fulll'], '--rows: unknown fulll'), (['--split', 'train'], 'argument --split: invalid choice')):
-        monkeypatch.setattr(sys, 'argv', ['study.py', '--out_dir', str(tmp_path), *flags])
-        handler = signal.getsignal(signal.SIGINT)
-        with pytest.raises(SystemExit) as e:
-            try:
-                study.main()
-            finally:
-                signal.signal(signal.SIGINT, handler)  # main() installs its own
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and message in err, err[-1000:]
+    for flags, message in ((['--rows', 'full,fulll'], '--rows: unknown fulll'),
+                           (['--split', 'train'], 'argument --split: invalid choice')):
+        code, err = refused(monkeypatch, capsys, ['--out_dir', str(tmp_path), *flags])
+        assert code == 2 and message in err, err[-1000:]
     assert not os.listdir(tmp_path)  # nothing ran
 
 
@@ -175,7 +182,7 @@ def test_ctrl_c_while_the_workers_start_starts_nothing_and_prints_no_traceback(t
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and 'Traceback' not in stdout, stdout[-2000:]
     assert not os.path.exists(os.path.join(out, 'sft', 'seed0', 'metrics.jsonl'))  # seed 0 never trained
-    assert not os.path.exists(os.path.join(out, BASE_SCORE))
+    assert not any(os.path.exists(os.path.join(out, name)) for name in BASE_SCORES)
 
 
 def test_a_study_killed_outright_leaves_no_worker_or_run_behind(tmp_path):
