@@ -21,12 +21,12 @@ compared on val too (docs/study.md: rescore stays, as B must keep entries across
 second thread poorly (a UniGame step took 1.04 s on 2 threads, and 1.75 s each for two 1-thread runs side by side:
 1.2x the throughput, 2026-12-05); step times in the cost table are then one thread's.
 
-Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json and
-score_*.json, pgd_*.json) and an interrupted run resumes from its checkpoint (Ctrl-C, or the study's process killed: its runs
-save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md. Scores are kept under the settings
-that made them (score_test_size2000_subset1000_groups1000.json, and PGD alone in pgd_test_4000q_eps4.json): another
---split, --size, --subset, --groups or --pgd-questions scores the same trained runs again; a run trained with other
-settings (its config.json) stops the study at once.
+Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json,
+score_*.json and pgd_*.json) and an interrupted run resumes from its checkpoint (Ctrl-C, or the study's process
+killed: its runs save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md. Scores are kept under
+the settings that made them (score_test_size2000_subset1000_groups1000.json, and PGD alone in
+pgd_test_4000q_eps4.json): another --split, --size, --subset, --groups or --pgd-questions scores the same trained
+runs again; a run trained with other settings (its config.json) stops the study at once.
 """
 
 import argparse
