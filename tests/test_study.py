@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+import data
 import study
 import toy_base
 
@@ -25,7 +26,8 @@ def start_study(out, seeds, jobs, extra, scored_base=True, **popen):
     these tests stop runs, and scoring the base first only makes them wait), so seed 0 is the first task to work."""
     if scored_base:
         os.makedirs(out, exist_ok=True)
-        for name, part in zip(BASE_SCORES, ({'clean all': 0.0, 'shift mean': 0.0}, {'pgd': 0.0})):
+        suite = {'clean all': 0.0, **{f'shift {s}': 0.0 for s in data.SHIFTS}}
+        for name, part in zip(BASE_SCORES, (suite, {'pgd': 0.0})):
             with open(os.path.join(out, name), 'w') as f:
                 json.dump({**part, 'seconds': {}}, f)
     cmd = [sys.executable, os.path.join(ROOT, 'study.py'), '--init', toy_base.BASE_DIR, '--out_dir', out,
