@@ -27,6 +27,11 @@ killed: its runs save their step and stop). Results: OUT_DIR/study.json and OUT_
 the settings that made them (score_test_size2000_subset1000_groups1000.json, and PGD alone in
 pgd_test_4000q_eps4.json): another --split, --size, --subset, --groups or --pgd-questions scores the same trained
 runs again; a run trained with other settings (its config.json) stops the study at once.
+
+The record: `python study.py --out_dir results/study` is the study docs/study.md reports. Git keeps its tables and
+each run's config.json, final.json, metrics.jsonl and scores, not weights, checkpoints or logs (.gitignore), so a
+clone on another machine resumes the study where the record stops; a recorded run is trained again only when a new
+suite setting must score it.
 """
 
 import argparse
@@ -124,6 +129,20 @@ def check_stop():
         raise KeyboardInterrupt
 
 
+def same_base(a, b):
+    """Two --init paths name the same base: one directory, or the shipped weights/tiny-toy in two clones (a run of
+    the study's record, results/, was trained in another clone, on another machine)."""
+    shipped = lambda path: os.path.normpath(path).endswith(os.path.join('weights', 'tiny-toy'))
+    return os.path.realpath(a) == os.path.realpath(b) or (shipped(a) and shipped(b))
+
+
+def finished(run_dir):
+    """train.py finished the run here and its weights are here. A run of the study's record (results/: git keeps its
+    config, metrics and scores, not its weights) has none: it needs none while its scores are cached, and is trained
+    again (deterministic on one machine) if another suite setting asks to score it."""
+    return os.path.isfile(os.path.join(run_dir, 'final.json')) and os.path.isdir(os.path.join(run_dir, 'adapter'))
+
+
 def trained_otherwise(run_dir, flags):
     """What a run already in run_dir (finished, or interrupted with a checkpoint) was trained with that `flags` ask
     otherwise, from its config.json: ['--steps 300 (asked: 600)', ...]; empty when nothing differs or no run is
@@ -136,17 +155,20 @@ def trained_otherwise(run_dir, flags):
 
     def same(k, v):  # the base by the directory it names, wherever the path was written from
         if k == 'init':
-            return had.get(k) is not None and os.path.realpath(had[k]) == os.path.realpath(v)
+            return had.get(k) is not None and same_base(had[k], v)
         return had.get(k) == v
     return [f"--{k.replace('_', '-')} {had.get(k)} (asked: {v})" for k, v in asked.items()
             if v is not None and k not in ('out_dir', 'resume') and not same(k, v)]
 
 
 def train(run_dir, flags, threads):
-    """One train.py run, unless it already finished (final.json); an interrupted one resumes from its checkpoint."""
-    if os.path.isfile(os.path.join(run_dir, 'final.json')):
+    """One train.py run, unless it already finished; an interrupted one resumes from its checkpoint."""
+    if finished(run_dir):
         return
     check_stop()
+    if os.path.isfile(os.path.join(run_dir, 'final.json')):  # a recorded run without its weights: trained anew,
+        for stale in ['final.json', *(f for f in os.listdir(run_dir) if f.startswith(('score_', 'pgd_')))]:
+            os.remove(os.path.join(run_dir, stale))  # and no score of the weights that are gone stays beside it
     resume = ['--resume'] if os.path.isfile(os.path.join(run_dir, 'ckpt.pt')) else []
     os.makedirs(run_dir, exist_ok=True)
     env = {**os.environ, 'OMP_NUM_THREADS': str(threads)}
@@ -205,7 +227,7 @@ def train_and_score(run_dir, flags, suite, attack, threads, paths):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # the worker listens to Ctrl-C only while it works
     try:
         check_stop()
-        if flags is not None:
+        if flags is not None and not all(os.path.isfile(p) for p in paths):  # scored: no weights needed
             train(run_dir, flags, threads)
         return score(run_dir, suite, attack, paths)
     finally:

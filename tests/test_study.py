@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,6 +125,32 @@ def test_quick_study_runs_end_to_end_and_keeps_finished_work(tmp_path, monkeypat
     assert len(scores('sft/seed0')) == 2 and len(scores('sft/seed0', 'pgd')) == 2
     pgd30 = json.load(open(os.path.join(out, 'sft', 'seed0', 'pgd_test_30q_eps4.json')))
     assert pgd30['seconds'].keys() == {'pgd'} and 0 <= pgd30['pgd'] <= 1  # only PGD was scored again
+
+    # the record (results/study): what git keeps of a run (.gitignore: no weights), trained in a clone elsewhere.
+    # Scored runs are neither trained nor scored again; one with a score missing is trained anew, its stale scores gone
+    for run in ('sft/seed0', 'full/seed0', 'pgd/seed0', 'augment/seed0'):
+        ignored = subprocess.run(['git', 'check-ignore', '--no-index', f'results/study/{run}/adapter/',
+                                  f'results/study/{run}/ckpt.pt', f'results/study/{run}/config.json'],
+                                 capture_output=True, text=True, cwd=ROOT).stdout.split()
+        assert ignored == [f'results/study/{run}/adapter/', f'results/study/{run}/ckpt.pt'], ignored
+        shutil.rmtree(os.path.join(out, run, 'adapter'))
+        for path in glob.glob(os.path.join(out, run, '*.pt')):
+            os.remove(path)
+        config = json.load(open(os.path.join(out, run, 'config.json')))
+        with open(os.path.join(out, run, 'config.json'), 'w') as f:
+            json.dump({**config, 'init': '/another/clone/weights/tiny-toy'}, f)
+    kept += [os.path.join(out, 'full', 'seed0', 'config.json')]
+    stamps = [os.stat(p).st_mtime_ns for p in kept]
+    fifth = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert fifth.returncode == 0, fifth.stderr[-2000:]
+    assert [os.stat(p).st_mtime_ns for p in kept] == stamps
+    os.remove(os.path.join(out, 'sft', 'seed0', 'pgd_test_20q_eps4.json'))
+    sixth = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert sixth.returncode == 0, sixth.stderr[-2000:]
+    assert os.path.isdir(os.path.join(out, 'sft', 'seed0', 'adapter'))  # trained again
+    assert os.stat(kept[0]).st_mtime_ns > stamps[0] and [os.stat(p).st_mtime_ns for p in kept[1:2]] == stamps[1:2]
+    assert len(scores('sft/seed0')) == 1 and scores('sft/seed0', 'pgd') == [  # the other settings' scores went
+        os.path.join(out, 'sft', 'seed0', 'pgd_test_20q_eps4.json')]
 
 
 def test_rows_must_be_known_and_the_split_is_val_or_test(tmp_path, monkeypatch, capsys):
