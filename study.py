@@ -72,6 +72,12 @@ ROWS = {
     'full_keep': ['--filter', 'clip', '--buffer-policy', 'keep'],     # B as a store of the hardest ever
     'full_consume': ['--filter', 'clip', '--buffer-policy', 'consume'],  # an entry is replayed once
 }
+# Table 4's claims, read from it as fixed before its numbers (docs/study.md, 03:10 UTC): decoded rows above token
+# rows, CLIP above cosine, the buffer adding to CLIP; each a paired difference over seeds of the mean of rows
+CLAIMS = {'decoded − token': (('decoded', 'decoded_cos', 'decoded_clip', 'full'),
+                              ('noise_token', 'adv_token', 'adv_token_cos', 'adv_token_cos_buf')),
+          'decoded_clip − decoded_cos': (('decoded_clip',), ('decoded_cos',)),
+          'full − decoded_clip': (('full',), ('decoded_clip',))}
 # the positive controls, same LoRA, data, steps and beta: U learns from pixel-PGD images (Madry) or from a generic
 # augmentation (data.augment) instead of UniGame's candidates. The testbed can resolve an effect only if pgd beats sft
 # on PGD accuracy by more than the paired 95% interval.
@@ -280,6 +286,14 @@ def markdown(scores, base, names, seeds, metrics):
     return head + '\n'.join(rows) + '\n'
 
 
+def claims(scores, seeds, metrics):
+    """Table 4's CLAIMS over the first `seeds` seeds: {claim: {metric: (mean, 95% half-width)}}, paired by seed, of
+    the mean over the claim's first rows minus the mean over its second rows."""
+    group = lambda rows, k: [sum(scores[n][s][k] for n in rows) / len(rows) for s in range(seeds)]
+    return {c: {m: paired_interval(group(low, k), group(high, k)) for m, k in metrics.items()}
+            for c, (high, low) in CLAIMS.items()}
+
+
 def diff_row(label, seeds, diff):
     return f'| {label} (95% CI) | {seeds} | ' + ' | '.join(
         f"{100 * m:+.1f}" + ('' if math.isnan(h) else f" ± {100 * h:.1f}") for m, h in diff.values()) + ' |\n'
@@ -426,6 +440,8 @@ def main():
     ablation = markdown(scores, base, [n for n in plan if n in ROWS], args.ablation_seeds, metrics) \
         if args.rows is None and args.ablation_seeds else (markdown(scores, base, rest, args.seeds, metrics)
                                                            if rest else '')
+    table4 = claims(scores, args.ablation_seeds, metrics) if args.rows is None and args.ablation_seeds else {}
+    ablation += ''.join(diff_row(c, args.ablation_seeds, d) for c, d in table4.items())
     cost = {}
     for n in plan:
         runs = [os.path.join(args.out_dir, n, f'seed{s}') for s in range(plan[n])]
@@ -447,8 +463,9 @@ def main():
             + f"## Cost ({args.jobs} run(s) at once, {threads} thread(s) each)\n\n{cost_table}\nG(z + delta) decode: "
             f"{decode_ms:.2f} ms per candidate (batch 32)\n\nwall time: "
             + ', '.join(f"{k} {v:.1f} min" for k, v in minutes.items()) + '\n')
-    atomic_json(dict(settings=vars(args), base=base, scores=scores, diff_minus_sft=diffs, control_resolves=resolves,
-                     verdicts=verdicts, cost=cost, decode_ms_per_candidate=decode_ms, minutes=minutes),
+    atomic_json(dict(settings=vars(args), base=base, scores=scores, diff_minus_sft=diffs, table4_claims=table4,
+                     control_resolves=resolves, verdicts=verdicts, cost=cost, decode_ms_per_candidate=decode_ms,
+                     minutes=minutes),
                 os.path.join(args.out_dir, 'study.json'))
     with open(os.path.join(args.out_dir, 'study.md'), 'w') as f:
         f.write(text)

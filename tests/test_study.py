@@ -254,3 +254,73 @@ def test_a_study_killed_outright_leaves_no_worker_or_run_behind(tmp_path):
                 os.kill(pid, signal.SIGKILL)
     assert 'interrupted after step' in open(os.path.join(out, 'sft', 'seed0', 'train.log')).read()  # it heard SIGINT
     assert not os.path.isfile(os.path.join(out, 'sft', 'seed0', 'final.json'))
+
+
+def test_table4_claims_by_hand():
+    # two seeds; each row's PGD score = a per-row level + 0.01 * seed, so every claim's difference is the same on
+    # both seeds (half-width 0) and equals the difference of the row levels, computed here by hand
+    level = {'noise_token': 0.50, 'adv_token': 0.52, 'adv_token_cos': 0.52, 'adv_token_cos_buf': 0.54,
+             'decoded': 0.60, 'decoded_cos': 0.61, 'decoded_clip': 0.63, 'full': 0.66}
+    scores = {n: [{'pgd': v + 0.01 * s} for s in range(2)] for n, v in level.items()}
+    got = study.claims(scores, 2, {'PGD': 'pgd'})
+    want = {'decoded − token': (0.60 + 0.61 + 0.63 + 0.66) / 4 - (0.50 + 0.52 + 0.52 + 0.54) / 4,
+            'decoded_clip − decoded_cos': 0.02, 'full − decoded_clip': 0.03}
+    assert got.keys() == want.keys()
+    for claim, d in want.items():
+        m, h = got[claim]['PGD']
+        assert abs(m - d) < 1e-9 and abs(h) < 1e-9, (claim, m, h)
+    scores['full'][1]['pgd'] += 0.02  # seed 1 gains 2 points more: mean +0.01, half-width 12.706 * 0.01
+    m, h = study.claims(scores, 2, {'PGD': 'pgd'})['full − decoded_clip']['PGD']
+    assert abs(m - 0.04) < 1e-9 and abs(h - 12.706 * 0.01) < 1e-6
+
+
+def test_the_full_plan_tables_table4_and_its_claims(tmp_path, monkeypatch, capsys):
+    """study.main() over every row (2 seeds each) with training and scoring replaced by stand-ins (in this process):
+    the tables it writes hold Table 4's rows and its claims, with the values computed here by hand."""
+    level = {n: 0.50 + 0.01 * i for i, n in enumerate([*study.ROWS, *study.CONTROLS])}  # each row's PGD on seed 0
+
+    def stand_in(run_dir, flags, suite, attack, threads, paths):
+        if flags is None:  # the base
+            return {**{k: 0.5 for k in study.METRICS.values()}, 'pgd': 0.40, 'shift mean': 0.5}
+        # the run's row: the one whose flags come right before --seed
+        name = next(n for n, f in {**study.ROWS, **study.CONTROLS}.items() if flags[-2 - len(f):-2] == f)
+        seed = int(flags[-1])
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, 'final.json'), 'w') as f:
+            json.dump({'peak_memory_mb': 100}, f)
+        with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
+            f.write(json.dumps({'step': 10, 'step_time': 1.0, 'phase_time': {'understand': 1.0}}) + '\n')
+        return {**{k: 0.5 for k in study.METRICS.values()}, 'pgd': level[name] + 0.01 * seed, 'shift mean': 0.5}
+
+    class Pool:  # runs each task at once, in this process
+        def __init__(self, *_, **__):
+            pass
+
+        def submit(self, fn, *args):
+            f = study.futures.Future()
+            f.set_result(stand_in(*args))
+            return f
+
+        def shutdown(self, wait=True):
+            pass
+
+    monkeypatch.setattr(study.futures, 'ProcessPoolExecutor', Pool)
+    monkeypatch.setattr(study.plots, 'decode_cost', lambda init: 1.0)
+    out = str(tmp_path / 'study')
+    monkeypatch.setattr(sys, 'argv', ['study.py', '--out_dir', out, '--seeds', '2', '--ablation-seeds', '2'])
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        study.main()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    md = open(os.path.join(out, 'study.md')).read()
+    table4 = md.split('## Table 4 on the toy')[1].split('## Cost')[0]
+    assert all(f'| {n} | 2 |' in table4 for n in study.ROWS)
+    pgd_column = list(study.METRICS).index('PGD')  # the claims: differences of row levels (by hand), 0 spread
+    token = sum(level[n] for n in ('noise_token', 'adv_token', 'adv_token_cos', 'adv_token_cos_buf')) / 4
+    decoded = sum(level[n] for n in ('decoded', 'decoded_cos', 'decoded_clip', 'full')) / 4
+    for claim, d in (('decoded − token', decoded - token), ('decoded_clip − decoded_cos', 0.01),
+                     ('full − decoded_clip', level['full'] - level['decoded_clip'])):
+        row = next(line for line in table4.splitlines() if line.startswith(f'| {claim} (95% CI) | 2 |'))
+        assert row.split(' | ')[2 + pgd_column] == f"{100 * d:+.1f} ± 0.0", row
+    assert json.load(open(os.path.join(out, 'study.json')))['table4_claims'].keys() == set(study.CLAIMS)
