@@ -83,7 +83,8 @@ def test_delta_stays_float32_under_bf16_autocast(base):
 
 def test_unigame_run_logs_the_game_and_saves(base, tmp_path):
     out = str(tmp_path / 'ug')
-    run('--init', base, '--out_dir', out, '--steps', '6', '--eps', '0.05', '--min-sim=-1e9', *FAST)  # otherwise the defaults
+    # otherwise the defaults
+    run('--init', base, '--out_dir', out, '--steps', '6', '--eps', '0.05', '--min-sim=-1e9', *FAST)
     rows = metrics(out)
     assert [r['step'] for r in rows] == [0, 2, 4, 5]
     for r in rows:
