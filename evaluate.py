@@ -14,11 +14,20 @@ Two tiny-toy checkpoints at the default sizes take about 2 minutes on 2 CPU core
 import argparse
 import json
 import os
+import signal
+import sys
 import time
 from collections import defaultdict
 from fractions import Fraction
 
-import numpy as np
+if __name__ == '__main__':  # Ctrl-C, while torch imports or later: one line and 130, never a traceback
+    def interrupted(*_):
+        print("\nevaluate.py: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # an inherited ignore is kept
+        signal.signal(signal.SIGINT, interrupted)
+
+import numpy as np  # noqa: E402 (after the handler: importing torch takes seconds)
 import torch
 import torch.nn.functional as F
 

@@ -20,9 +20,19 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 
-import numpy as np
+
+def interrupted(*_):  # Ctrl-C in the first seconds, while torch imports: one line and exit 130, never a traceback
+    print("\ntrain.py: interrupted while starting: nothing to save yet", file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
+if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # an inherited ignore is kept
+    signal.signal(signal.SIGINT, interrupted)  # until set-up installs its own (checkpoint.on_interrupt)
+
+import numpy as np  # noqa: E402 (after the handler: importing torch takes seconds)
 import torch
 import torch.distributed as dist
 from tqdm import tqdm

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from test_train import base  # noqa: F401 (the shipped base, a fixture)
@@ -145,3 +146,36 @@ def test_ctrl_c_outside_the_training_loop_prints_one_line(tmp_path):
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 130
     assert r.stdout.strip() == 'train.py: interrupted during set-up: nothing to save yet' and not r.stderr
+
+
+# a sitecustomize that sends the process a Ctrl-C at the moment it starts importing torch: the same instant every run
+CTRL_C_ON_IMPORTING_TORCH = """
+import os, signal, sys
+
+
+class CtrlCOnTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == 'torch':
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, CtrlCOnTorch())
+"""
+
+
+@pytest.mark.parametrize('script', ['train.py', 'evaluate.py', 'study.py'])
+def test_ctrl_c_while_a_script_imports_torch_prints_one_line(script, tmp_path):
+    """A Ctrl-C in a script's first seconds (torch, transformers and diffusers import for 7-12 s) ends it with one line
+    and 130, not a KeyboardInterrupt traceback from deep inside an import; a Ctrl-C the script was started to ignore
+    (a background job's) stays ignored."""
+    (tmp_path / 'sitecustomize.py').write_text(CTRL_C_ON_IMPORTING_TORCH)
+    cmd = [sys.executable, os.path.join(ROOT, script), '--help']
+    env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert r.returncode == 130 and r.stderr.startswith(f'\n{script}: interrupted') and r.stderr.count('\n') == 2, \
+        r.stderr[-2000:]
+    ignored = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert ignored.returncode == 0 and 'usage:' in ignored.stdout, ignored.stderr[-2000:]
