@@ -24,8 +24,7 @@ if __name__ == '__main__':  # Ctrl-C, while torch imports or later: one line and
     def interrupted(*_):
         print("\nevaluate.py: interrupted", file=sys.stderr, flush=True)
         raise SystemExit(130)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # an inherited ignore is kept
-        signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
 
 import numpy as np  # noqa: E402 (after the handler: importing torch takes seconds)
 import torch

@@ -51,8 +51,7 @@ if __name__ == '__main__':  # Ctrl-C while torch imports (not in a worker, '__mp
     def interrupted(*_):
         print("\nstudy.py: interrupted while starting: nothing started", file=sys.stderr, flush=True)
         raise SystemExit(130)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # an inherited ignore is kept
-        signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
 
 import torch  # noqa: E402 (after the handler: importing torch takes seconds)
 

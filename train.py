@@ -29,8 +29,7 @@ def interrupted(*_):  # Ctrl-C in the first seconds, while torch imports: one li
     raise SystemExit(130)
 
 
-if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # an inherited ignore is kept
-    signal.signal(signal.SIGINT, interrupted)  # until set-up installs its own (checkpoint.on_interrupt)
+signal.signal(signal.SIGINT, interrupted)  # until set-up installs its own (checkpoint.on_interrupt)
 
 import numpy as np  # noqa: E402 (after the handler: importing torch takes seconds)
 import torch

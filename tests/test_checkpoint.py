@@ -168,14 +168,13 @@ sys.meta_path.insert(0, CtrlCOnTorch())
 @pytest.mark.parametrize('script', ['train.py', 'evaluate.py', 'study.py'])
 def test_ctrl_c_while_a_script_imports_torch_prints_one_line(script, tmp_path):
     """A Ctrl-C in a script's first seconds (torch, transformers and diffusers import for 7-12 s) ends it with one line
-    and 130, not a KeyboardInterrupt traceback from deep inside an import; a Ctrl-C the script was started to ignore
-    (a background job's) stays ignored."""
+    and 130, not a KeyboardInterrupt traceback from deep inside an import (whether or not it was started ignoring
+    Ctrl-C, as a background job is: the scripts listen to it, as study.py and train.py's set-up do afterwards)."""
     (tmp_path / 'sitecustomize.py').write_text(CTRL_C_ON_IMPORTING_TORCH)
     cmd = [sys.executable, os.path.join(ROOT, script), '--help']
     env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
-    assert r.returncode == 130 and r.stderr.startswith(f'\n{script}: interrupted') and r.stderr.count('\n') == 2, \
-        r.stderr[-2000:]
-    ignored = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    assert ignored.returncode == 0 and 'usage:' in ignored.stdout, ignored.stderr[-2000:]
+    for inherited in (signal.SIG_DFL, signal.SIG_IGN):
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
+        assert r.returncode == 130 and r.stderr.startswith(f'\n{script}: interrupted') and r.stderr.count('\n') == 2, \
+            r.stderr[-2000:]

@@ -21,11 +21,14 @@ def run(tmp_path, name, *flags):
 
 
 def assert_same_weights(a, b, rtol):
+    # atol 1e-6, well below an Adam step (lr 5e-3 for C): Adam divides by sqrt(v), so where a gradient is near 0 the
+    # rounding of another summation order grows (perturber mlp.2.bias, 2026-12-06 on an AVX512 CPU: 1.08e-7 off at
+    # 1.3e-4, over the earlier atol of 1e-7); a wrong split of the batch moves weights by about a step
     for part in ('trainable', 'perturber'):
         assert a[part].keys() == b[part].keys()
         for k in a[part]:
             if a[part][k].is_floating_point():
-                torch.testing.assert_close(a[part][k], b[part][k], rtol=rtol, atol=1e-7, msg=f"{part} {k}")
+                torch.testing.assert_close(a[part][k], b[part][k], rtol=rtol, atol=1e-6, msg=f"{part} {k}")
 
 
 def test_micro_batches_and_checkpointing_give_the_update_of_one_pass(tmp_path):
