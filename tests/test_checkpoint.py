@@ -121,6 +121,7 @@ def test_ctrl_c_during_the_final_evaluation_says_what_is_kept_and_resume_evaluat
     assert 'at step 2' in r.stdout
     final = json.load(open(os.path.join(out, 'final.json')))    # written last: the run is complete
     assert {'base', 'trained'} <= final.keys()
+    assert final['machine']['torch'] == torch.__version__ and final['machine']['threads'] >= 1  # what trained it
 
 
 def test_a_scheduler_term_in_the_loop_saves_the_step_like_ctrl_c(base, tmp_path):
