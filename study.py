@@ -11,27 +11,23 @@ testbed in which the PGD control resolved and SFT moved G-Acc on val (README, do
 compared on val too (docs/study.md: rescore stays, as B must keep entries across steps). PGD accuracy is scored on
 4000 questions: on val, with 1000, which questions were asked made all of the spread of pgd - sft over seeds.
 
-    python study.py                                    # 5 seeds SFT, UniGame, PGD, augment + Table 4 (3 seeds) + cost
+    python study.py --out_dir results/study            # 5 seeds SFT, UniGame, PGD, augment + Table 4 (3 seeds) + cost
     python study.py --split val --rows full,full_keep,full_consume --seeds 2 --out_dir out/select_replay
                                                        # a choice on val: these rows only, 2 seeds each
     python study.py --seeds 1 --ablation-seeds 0 --steps 20 --size 200 --subset 100 --groups 100 \\
         --pgd-questions 100 --out_dir out/study_quick  # a quick check of the plumbing (about 3 min)
 
---jobs 2 (the default on 2 cores) trains and scores two runs at once, one thread each: these small models use a
-second thread poorly (a UniGame step took 1.04 s on 2 threads, and 1.75 s each for two 1-thread runs side by side:
-1.2x the throughput, 2026-12-05); step times in the cost table are then one thread's.
+--jobs 2 (the default on 2 cores) trains and scores two runs at once, one thread each (1.2x the throughput of one
+run on two threads, 2026-12-05); step times in the cost table are then one thread's.
 
-Interrupted? Run the same command again: finished runs and scores are kept (each run dir's final.json,
-score_*.json and pgd_*.json) and an interrupted run resumes from its checkpoint (Ctrl-C, or the study's process
-killed: its runs save their step and stop). Results: OUT_DIR/study.json and OUT_DIR/study.md. Scores are kept under
-the settings that made them (score_test_size2000_subset1000_groups1000.json, and PGD alone in
-pgd_test_4000q_eps4.json): another --split, --size, --subset, --groups or --pgd-questions scores the same trained
-runs again; a run trained with other settings (its config.json) stops the study at once.
+Rerun the same command to resume: finished runs and their scores are kept, an interrupted run resumes from its
+checkpoint, and a run trained with other settings (its config.json) stops the study at once. Scores are cached under
+the settings that made them (score_test_size2000_subset1000_groups1000.json; PGD alone in pgd_test_4000q_eps4.json),
+so another suite setting scores the same runs again. Results: OUT_DIR/study.json and OUT_DIR/study.md.
 
-The record: `python study.py --out_dir results/study` is the study docs/study.md reports. Git keeps its tables and
-each run's config.json, final.json, metrics.jsonl and scores, not weights, checkpoints or logs (.gitignore), so a
-clone on another machine resumes the study where the record stops; a recorded run is trained again only when a new
-suite setting must score it.
+The record, `--out_dir results/study`, is the study docs/study.md reports: git keeps its tables and each run's
+config.json, final.json, metrics.jsonl and scores, not weights, checkpoints or logs (.gitignore), so a clone on
+another machine resumes it; a recorded run is trained again only when a new suite setting must score it.
 """
 
 import argparse
