@@ -155,6 +155,30 @@ def plot_run(run_dir) -> list:
 
 
 # -----------------------------------------------------------------------------
+# the game's machinery in a run, from its metrics.jsonl (study.py's mechanism table)
+
+# attack success on accepted candidates vs U's clean error (also on the accepted candidates' originals, and where
+# the reader says the label held), what B holds after replay, the filter's rejections and the labels broken among
+# the candidates it rejected, passed and the game finally accepted (metrics.py)
+MECHANISM = ('asr', 'clean_error', 'clean_error_accepted', 'asr_intact', 'buffer_kept', 'filter_reject',
+             'broken_rejected', 'broken_passed', 'broken_accepted')
+
+
+def mechanism(run_dir, first=20) -> dict:
+    """Each MECHANISM key's mean over the run's metrics.jsonl lines from step `first` on (past the start, where B
+    fills; a shorter run: all its lines; lines without a value, e.g. no rejected candidate to read, left out), and
+    C's gate `eps` at the last line."""
+    with open(os.path.join(run_dir, 'metrics.jsonl')) as f:
+        lines = [json.loads(line) for line in f]
+    rows = [r for r in lines if r['step'] >= first] or lines  # a run shorter than `first` steps: all of it
+    means = {}
+    for k in MECHANISM:
+        values = [r[k] for r in rows if r.get(k) is not None]
+        means[k] = sum(values) / len(values) if values else math.nan
+    return {**means, 'eps_end': rows[-1]['eps']}
+
+
+# -----------------------------------------------------------------------------
 # the step cost of runs, from their metrics.jsonl
 
 def mean_cost(run_dirs) -> dict:

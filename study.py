@@ -296,6 +296,11 @@ def claims(scores, seeds, metrics):
             for c, (high, low) in CLAIMS.items()}
 
 
+def pipe_table(header, rows):
+    """A markdown table of strings."""
+    return '\n'.join('| ' + ' | '.join(row) + ' |' for row in [header, ['---'] * len(header), *rows]) + '\n'
+
+
 def diff_row(label, seeds, diff):
     return f'| {label} (95% CI) | {seeds} | ' + ' | '.join(
         f"{100 * m:+.1f}" + ('' if math.isnan(h) else f" ± {100 * h:.1f}") for m, h in diff.values()) + ' |\n'
@@ -454,20 +459,32 @@ def main():
     ref = 'sft' if 'sft' in cost else next(iter(cost))
     phases = list(cost[ref]['ms_per_phase'])  # where the time goes: data + frozen encode, challenge, mine, understand
     header = ['run', 'ms/step', f'× {ref}', *(f"{k} ms" for k in phases), 'peak memory (MB)']
-    cost_table = '\n'.join('| ' + ' | '.join(row) + ' |' for row in [header, ['---'] * len(header)] + [
+    cost_table = pipe_table(header, [
         [n, f"{c['ms_per_step']:.1f}", f"{c['ms_per_step'] / cost[ref]['ms_per_step']:.2f}",
          *(f"{c['ms_per_phase'].get(k, float('nan')):.1f}" for k in phases), str(c['peak_memory_mb'])]
-        for n, c in cost.items()]) + '\n'
+        for n, c in cost.items()])
+    # mechanism before outcome: the game's machinery in every row that plays it, as the mean over its seeds of each
+    # run's mean from step 20 on (plots.mechanism)
+    keys, mechanism = [*plots.MECHANISM, 'eps_end'], {}
+    for n in plan:
+        if n in ROWS and n != 'sft':
+            per_seed = [plots.mechanism(os.path.join(args.out_dir, n, f'seed{s}')) for s in range(plan[n])]
+            mechanism[n] = {k: sum(m[k] for m in per_seed) / len(per_seed) for k in keys}
+    digits = {'buffer_kept': 1, 'eps_end': 4}
+    mechanism_table = pipe_table(['run', 'seeds', *keys], [
+        [n, str(plan[n]), *(f"{m[k]:.{digits.get(k, 3)}f}" for k in keys)] for n, m in mechanism.items()])
     decode_ms = plots.decode_cost(args.init)
     minutes = dict(runs=t_runs / 60, total=(time.time() - t_start) / 60)
     text = (f"## SFT vs UniGame ({args.split} split, points, mean ± std over {seeds} seeds)\n\n{main_table}\n"
             + (f"## Table 4 on the toy\n\n{ablation}\n" if ablation else '')
+            + (f"## The game's machinery (means over seeds of each run's metrics from step 20; metrics.py)\n\n"
+               f"{mechanism_table}\n" if mechanism else '')
             + f"## Cost ({args.jobs} run(s) at once, {threads} thread(s) each)\n\n{cost_table}\nG(z + delta) decode: "
             f"{decode_ms:.2f} ms per candidate (batch 32)\n\nwall time: "
             + ', '.join(f"{k} {v:.1f} min" for k, v in minutes.items()) + '\n')
     atomic_json(dict(settings=vars(args), base=base, scores=scores, diff_minus_sft=diffs, table4_claims=table4,
-                     control_resolves=resolves, verdicts=verdicts, cost=cost, decode_ms_per_candidate=decode_ms,
-                     minutes=minutes),
+                     control_resolves=resolves, verdicts=verdicts, mechanism=mechanism, cost=cost,
+                     decode_ms_per_candidate=decode_ms, minutes=minutes),
                 os.path.join(args.out_dir, 'study.json'))
     with open(os.path.join(args.out_dir, 'study.md'), 'w') as f:
         f.write(text)

@@ -288,8 +288,10 @@ def test_the_full_plan_tables_table4_and_its_claims(tmp_path, monkeypatch, capsy
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, 'final.json'), 'w') as f:
             json.dump({'peak_memory_mb': 100}, f)
-        with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:
-            f.write(json.dumps({'step': 10, 'step_time': 1.0, 'phase_time': {'understand': 1.0}}) + '\n')
+        with open(os.path.join(run_dir, 'metrics.jsonl'), 'w') as f:  # the mechanism table reads steps 20 on
+            for step, asr in ((10, 0.9), (20, 0.2), (30, 0.4)):
+                f.write(json.dumps({'step': step, 'step_time': 1.0, 'phase_time': {'understand': 1.0}, 'asr': asr,
+                                    'eps': 0.01 + step / 1e4}) + '\n')
         return {**{k: 0.5 for k in study.METRICS.values()}, 'pgd': level[name] + 0.01 * seed, 'shift mean': 0.5}
 
     class Pool:  # runs each task at once, in this process
@@ -324,3 +326,19 @@ def test_the_full_plan_tables_table4_and_its_claims(tmp_path, monkeypatch, capsy
         row = next(line for line in table4.splitlines() if line.startswith(f'| {claim} (95% CI) | 2 |'))
         assert row.split(' | ')[2 + pgd_column] == f"{100 * d:+.1f} ± 0.0", row
     assert json.load(open(os.path.join(out, 'study.json')))['table4_claims'].keys() == set(study.CLAIMS)
+    mechanism = md.split("## The game's machinery")[1].split('## Cost')[0]
+    assert '| sft |' not in mechanism and '| pgd |' not in mechanism  # rows that play no game have no machinery
+    full = next(line for line in mechanism.splitlines() if line.startswith('| full |')).split(' | ')
+    assert full[2] == '0.300' and full[-1] == '0.0130 |', full  # asr: mean of steps 20 and 30; C's gate at the end
+
+
+def test_mechanism_reads_steps_20_on_by_hand(tmp_path):
+    lines = [{'step': 0, 'asr': 1.0, 'buffer_kept': 0.0, 'broken_rejected': 1.0, 'eps': 0.01},
+             {'step': 20, 'asr': 0.25, 'buffer_kept': 50.0, 'broken_rejected': None, 'eps': 0.011},
+             {'step': 30, 'asr': 0.75, 'buffer_kept': 40.0, 'broken_rejected': 0.5, 'eps': 0.012}]
+    with open(tmp_path / 'metrics.jsonl', 'w') as f:
+        f.write(''.join(json.dumps(line) + '\n' for line in lines))
+    m = study.plots.mechanism(str(tmp_path))
+    assert m['asr'] == 0.5 and m['buffer_kept'] == 45.0 and m['broken_rejected'] == 0.5 and m['eps_end'] == 0.012
+    assert math.isnan(m['clean_error'])  # never logged
+    assert study.plots.mechanism(str(tmp_path), first=40)['asr'] == (1.0 + 0.25 + 0.75) / 3  # too short: all lines
