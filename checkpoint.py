@@ -110,7 +110,8 @@ def finish(out_dir, final, timings, peak_mb):
     time of each phase, the peak memory of training and what ran it (the same seed on another CPU, AVX2 or AVX512,
     rounds otherwise, and a game's run can drift). Prints the one-line summary the README quotes."""
     path = os.path.join(out_dir, 'final.json')  # its presence says the run completed: written last, tmp + rename
-    machine = dict(cpu=torch.backends.cpu.get_cpu_capability(), torch=torch.__version__, threads=torch.get_num_threads())
+    machine = dict(cpu=torch.backends.cpu.get_cpu_capability(), torch=torch.__version__,
+                   threads=torch.get_num_threads())
     with open(path + '.tmp', 'w') as f:
         json.dump(dict(peak_memory_mb=round(peak_mb), timings=timings, machine=machine, **final), f, indent=1)
     os.replace(path + '.tmp', path)
